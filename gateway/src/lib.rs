@@ -1,0 +1,381 @@
+//! gateway: mirrors APIcast, 3scale's API gateway. Proxy traffic arrives on `LISTEN_ADDR`; health, metrics and the
+//! management API live on `MANAGEMENT_LISTEN_ADDR`.
+
+pub mod apicast;
+pub mod backend;
+pub mod credentials;
+pub mod management;
+pub mod mapping;
+pub mod oidc;
+pub mod policies;
+pub mod proxy;
+pub mod store;
+
+use apicast::{CachingMode, CompileOptions};
+use axum::Router;
+use platform::{Context, EnvReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use store::{ConfigStore, Loader, Source};
+use url::Url;
+
+/// `APICAST_CONFIGURATION_LOADER`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoaderMode {
+    Boot,
+    Lazy,
+}
+
+/// `APICAST_MANAGEMENT_API`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManagementMode {
+    Disabled,
+    Status,
+    Policies,
+    Debug,
+}
+
+/// Everything `gateway` reads from the environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen_addr: SocketAddr,
+    pub management_listen_addr: SocketAddr,
+    pub source: Source,
+    pub deployment_env: String,
+    pub loader: LoaderMode,
+    /// `APICAST_CONFIGURATION_CACHE`: negative means the configuration is loaded once and never refreshed.
+    pub configuration_cache: i64,
+    pub poll_interval: Duration,
+    pub compile: CompileOptions,
+    pub path_routing: bool,
+    pub path_routing_only: bool,
+    pub management: ManagementMode,
+    pub default_caching: CachingMode,
+    pub auth_cache_ttl: Duration,
+    pub auth_cache_stale: Duration,
+    pub auth_cache_size: u64,
+    pub report_interval: Duration,
+    pub backend_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub jwks_min_refresh: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            management_listen_addr: SocketAddr::from(([0, 0, 0, 0], 8090)),
+            source: Source::None,
+            deployment_env: "production".into(),
+            loader: LoaderMode::Boot,
+            configuration_cache: 300,
+            // A promoted change must be served within a second of the promotion, fetch time included.
+            poll_interval: Duration::from_millis(500),
+            compile: CompileOptions::default(),
+            path_routing: false,
+            path_routing_only: false,
+            management: ManagementMode::Status,
+            default_caching: CachingMode::Strict,
+            auth_cache_ttl: Duration::from_secs(10),
+            auth_cache_stale: Duration::from_secs(3600),
+            auth_cache_size: 100_000,
+            report_interval: Duration::from_secs(1),
+            backend_timeout: Duration::from_secs(5),
+            upstream_timeout: Duration::from_secs(60),
+            jwks_min_refresh: Duration::from_secs(5),
+        }
+    }
+}
+
+fn truthy(env: &EnvReader, name: &str) -> bool {
+    env.raw(name)
+        .map(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on"
+            )
+        })
+        .unwrap_or(false)
+}
+
+impl Config {
+    pub fn read(env: &mut EnvReader) -> Option<Self> {
+        let d = Self::default();
+        let listen_addr = env.or("LISTEN_ADDR", "host:port", d.listen_addr);
+        let management_listen_addr = env.or(
+            "MANAGEMENT_LISTEN_ADDR",
+            "host:port",
+            d.management_listen_addr,
+        );
+        let file: Option<PathBuf> = env.optional("THREESCALE_CONFIG_FILE", "a file path");
+        let portal: Option<Url> = env.optional(
+            "THREESCALE_PORTAL_ENDPOINT",
+            "an http(s) URL with the token as userinfo",
+        );
+        let source = match (file, portal) {
+            (Some(file), _) => Source::File(file),
+            (None, Some(url)) => Source::Portal(url),
+            (None, None) => Source::None,
+        };
+        let deployment_env = env
+            .raw("THREESCALE_DEPLOYMENT_ENV")
+            .unwrap_or("production")
+            .trim()
+            .to_owned();
+        let loader = match env.choice("APICAST_CONFIGURATION_LOADER", &["boot", "lazy"], "boot") {
+            "lazy" => LoaderMode::Lazy,
+            _ => LoaderMode::Boot,
+        };
+        let configuration_cache = env.or(
+            "APICAST_CONFIGURATION_CACHE",
+            "a number of seconds (negative: never refresh)",
+            d.configuration_cache,
+        );
+        let poll_interval = env.seconds("GATEWAY_CONFIG_POLL_SECONDS", d.poll_interval);
+        let services_list = env
+            .raw("APICAST_SERVICES_LIST")
+            .or(env.raw("APICAST_SERVICES"))
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            });
+        let filter_by_url = match env.raw("APICAST_SERVICES_FILTER_BY_URL").map(str::to_owned) {
+            None => None,
+            Some(re) => match regex::Regex::new(&re) {
+                Ok(re) => Some(re),
+                Err(e) => {
+                    env.error(format!(
+                        "APICAST_SERVICES_FILTER_BY_URL: not a valid regular expression ({e})"
+                    ));
+                    None
+                }
+            },
+        };
+        let backend_endpoint_override: Option<Url> =
+            env.optional("BACKEND_ENDPOINT_OVERRIDE", "an http(s) URL");
+        let path_routing_only = truthy(env, "APICAST_PATH_ROUTING_ONLY");
+        let path_routing = truthy(env, "APICAST_PATH_ROUTING")
+            || truthy(env, "APICAST_PATH_ROUTING_ENABLED")
+            || path_routing_only;
+        let management = match env.choice(
+            "APICAST_MANAGEMENT_API",
+            &["disabled", "status", "policies", "debug"],
+            "status",
+        ) {
+            "disabled" => ManagementMode::Disabled,
+            "policies" => ManagementMode::Policies,
+            "debug" => ManagementMode::Debug,
+            _ => ManagementMode::Status,
+        };
+        let default_caching = match env.choice(
+            "APICAST_BACKEND_CACHE_HANDLER",
+            &["strict", "resilient"],
+            "strict",
+        ) {
+            "resilient" => CachingMode::Resilient,
+            _ => CachingMode::Strict,
+        };
+        Some(Self {
+            listen_addr,
+            management_listen_addr,
+            source,
+            deployment_env,
+            loader,
+            configuration_cache,
+            poll_interval,
+            compile: CompileOptions {
+                services_list,
+                filter_by_url,
+                backend_endpoint_override,
+                path_routing,
+            },
+            path_routing,
+            path_routing_only,
+            management,
+            default_caching,
+            auth_cache_ttl: env.seconds("GATEWAY_AUTH_CACHE_TTL_SECONDS", d.auth_cache_ttl),
+            auth_cache_stale: env.seconds("GATEWAY_AUTH_CACHE_STALE_SECONDS", d.auth_cache_stale),
+            auth_cache_size: env.or(
+                "GATEWAY_AUTH_CACHE_SIZE",
+                "a number of entries",
+                d.auth_cache_size,
+            ),
+            report_interval: env.seconds("GATEWAY_REPORT_INTERVAL_SECONDS", d.report_interval),
+            backend_timeout: env.seconds("GATEWAY_BACKEND_TIMEOUT_SECONDS", d.backend_timeout),
+            upstream_timeout: env.seconds("GATEWAY_UPSTREAM_TIMEOUT_SECONDS", d.upstream_timeout),
+            jwks_min_refresh: env.seconds("GATEWAY_JWKS_MIN_REFRESH_SECONDS", d.jwks_min_refresh),
+        })
+    }
+}
+
+/// Shared by every request.
+pub struct Inner {
+    pub config: Config,
+    pub store: ConfigStore,
+    pub backend: backend::BackendClient,
+    pub cache: backend::AuthCache,
+    pub reporter: backend::Reporter,
+    pub oidc: oidc::Oidc,
+    pub upstream: reqwest::Client,
+    pub loader: Loader,
+}
+
+/// The gateway's state: cheap to clone.
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(config: Config) -> Self {
+        let backend = backend::BackendClient::new(config.backend_timeout, &config.deployment_env);
+        let upstream = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(1024)
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .expect("a reqwest client builds with static settings");
+        let loader = Loader {
+            source: config.source.clone(),
+            environment: config.deployment_env.clone(),
+            options: config.compile.clone(),
+            client: reqwest::Client::new(),
+        };
+        Self(Arc::new(Inner {
+            store: ConfigStore::new(),
+            cache: backend::AuthCache::new(
+                config.auth_cache_size,
+                config.auth_cache_ttl,
+                config.auth_cache_stale,
+            ),
+            reporter: backend::Reporter::new(backend.clone(), 100_000),
+            oidc: oidc::Oidc::new(config.jwks_min_refresh),
+            backend,
+            upstream,
+            loader,
+            config,
+        }))
+    }
+
+    /// Loads the boot configuration and starts the background tasks (config polling, reporting).
+    /// A file that cannot be loaded stops the start with a message naming the field.
+    pub async fn boot(&self, shutdown: platform::Shutdown) -> anyhow::Result<()> {
+        match self.config.source.clone() {
+            Source::None => {
+                tracing::warn!(
+                    "no THREESCALE_CONFIG_FILE or THREESCALE_PORTAL_ENDPOINT: serving no services"
+                );
+                self.store.set(apicast::Configuration::default());
+            }
+            Source::File(path) => {
+                let config = self.loader.load_file(&path).map_err(|e| {
+                    anyhow::anyhow!("THREESCALE_CONFIG_FILE {}: {e}", path.display())
+                })?;
+                tracing::info!(
+                    services = config.services.len(),
+                    "loaded configuration file"
+                );
+                self.prewarm_oidc(&config);
+                self.store.set(config);
+            }
+            Source::Portal(endpoint) => {
+                let interval = if self.config.configuration_cache < 0 {
+                    Duration::from_secs(u64::MAX / 4)
+                } else {
+                    self.config.poll_interval
+                };
+                let state = self.clone();
+                tokio::spawn(store::poll_portal(
+                    self.loader.clone(),
+                    endpoint,
+                    self.store.clone(),
+                    interval,
+                    move |config| state.prewarm_oidc(config),
+                    shutdown.clone(),
+                ));
+            }
+        }
+        tokio::spawn(
+            self.reporter
+                .clone()
+                .run(self.config.report_interval, shutdown),
+        );
+        Ok(())
+    }
+
+    /// Starts discovery for each OIDC issuer of a new configuration so the first request does not wait for it.
+    fn prewarm_oidc(&self, config: &apicast::Configuration) {
+        for service in &config.services {
+            if let Some(endpoint) = service
+                .oidc
+                .as_ref()
+                .filter(|o| o.supplied.is_none())
+                .and_then(|o| o.issuer_endpoint.clone())
+            {
+                let state = self.clone();
+                tokio::spawn(async move {
+                    let _ = state.oidc.provider(&endpoint).await;
+                });
+            }
+        }
+    }
+
+    /// Whether `/status/ready` is 200: a configuration is loaded (lazy loading counts as ready at once).
+    pub fn is_configured(&self) -> bool {
+        self.config.loader == LoaderMode::Lazy || self.store.get().is_some()
+    }
+}
+
+/// The proxy's router: what API consumers reach.
+pub fn router(state: AppState) -> Router {
+    proxy::router(state)
+}
+
+/// Runs the proxy and management listeners until shutdown is requested.
+pub async fn start(config: Config, ctx: Context) -> anyhow::Result<()> {
+    let state = AppState::new(config.clone());
+    state.boot(ctx.shutdown.clone()).await?;
+    let management = management::router(state.clone(), ctx.metrics.clone());
+    let proxy = serve_proxy(&ctx, config.listen_addr, router(state));
+    let mgmt = ctx.serve(config.management_listen_addr, management);
+    tokio::try_join!(proxy, mgmt)?;
+    Ok(())
+}
+
+/// Serves the proxy like [`Context::serve`] (same middleware, graceful shutdown and drain), with `TCP_NODELAY` on
+/// every client connection: a proxy writes small answers as soon as they are ready, and Nagle's algorithm would hold
+/// them back waiting for ACKs.
+async fn serve_proxy(ctx: &Context, addr: SocketAddr, app: Router) -> anyhow::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = platform::shutdown::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let app = platform::http::stack(app, ctx.service);
+    let signal = ctx.shutdown.clone();
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { signal.wait().await });
+    let drain = ctx.drain;
+    let shutdown = ctx.shutdown.clone();
+    tokio::select! {
+        result = server => result?,
+        _ = async { shutdown.wait().await; tokio::time::sleep(drain).await } => {
+            tracing::warn!(drain_secs = drain.as_secs_f64(), "drain time over, closing remaining connections");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,17 @@
+//! The binary starts against a fresh database, reports health and metrics, and stops cleanly on SIGTERM.
+
+use platform::testing::{assert_lifecycle, TestDb};
+use std::path::Path;
+
+#[tokio::test]
+async fn starts_reports_health_and_stops_on_sigterm() {
+    let db = TestDb::new("zync_que_lifecycle").await;
+    let binary = Path::new(env!("CARGO_BIN_EXE_zync-que"));
+    assert_lifecycle(
+        "zync-que",
+        binary,
+        &[("DATABASE_URL", db.url.clone())],
+        None,
+    )
+    .await;
+}
