@@ -134,6 +134,8 @@ pub struct Service {
     pub backend_auth: Option<(String, String)>,
     pub hosts: Vec<String>,
     pub api_backend: Option<Url>,
+    /// `api_backend`'s scheme and authority, parsed once.
+    pub api_origin: Option<crate::upstream::Origin>,
     pub credentials_location: CredentialsLocation,
     pub auth_user_key: String,
     pub auth_app_id: String,
@@ -370,6 +372,12 @@ fn compile_service(
             parse_http_url(&s).map_err(|e| ConfigError(format!("{at}.proxy.api_backend: {e}")))?,
         ),
     };
+    let api_origin = match &api_backend {
+        None => None,
+        Some(url) => Some(crate::upstream::Origin::of(url).ok_or_else(|| {
+            ConfigError(format!("{at}.proxy.api_backend: {url} has no usable host"))
+        })?),
+    };
     let backend_doc = proxy.backend.unwrap_or_default();
     let endpoint = match (
         &options.backend_endpoint_override,
@@ -472,6 +480,7 @@ fn compile_service(
         },
         hosts,
         api_backend,
+        api_origin,
         credentials_location,
         auth_user_key: proxy
             .auth_user_key

@@ -9,7 +9,9 @@ pub mod mapping;
 pub mod oidc;
 pub mod policies;
 pub mod proxy;
+pub mod proxy_metrics;
 pub mod store;
+pub mod upstream;
 
 use apicast::{CachingMode, CompileOptions};
 use axum::Router;
@@ -60,6 +62,8 @@ pub struct Config {
     pub backend_timeout: Duration,
     pub upstream_timeout: Duration,
     pub jwks_min_refresh: Duration,
+    /// `GATEWAY_WORKERS`: proxy threads, each with its own listener socket (`SO_REUSEPORT`) and upstream pool.
+    pub workers: usize,
 }
 
 impl Default for Config {
@@ -85,6 +89,7 @@ impl Default for Config {
             backend_timeout: Duration::from_secs(5),
             upstream_timeout: Duration::from_secs(60),
             jwks_min_refresh: Duration::from_secs(5),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -208,6 +213,13 @@ impl Config {
             backend_timeout: env.seconds("GATEWAY_BACKEND_TIMEOUT_SECONDS", d.backend_timeout),
             upstream_timeout: env.seconds("GATEWAY_UPSTREAM_TIMEOUT_SECONDS", d.upstream_timeout),
             jwks_min_refresh: env.seconds("GATEWAY_JWKS_MIN_REFRESH_SECONDS", d.jwks_min_refresh),
+            workers: {
+                let workers = env.or("GATEWAY_WORKERS", "a number of threads from 1", d.workers);
+                if workers == 0 {
+                    env.error("GATEWAY_WORKERS: expected at least 1");
+                }
+                workers.max(1)
+            },
         })
     }
 }
@@ -220,7 +232,7 @@ pub struct Inner {
     pub cache: backend::AuthCache,
     pub reporter: backend::Reporter,
     pub oidc: oidc::Oidc,
-    pub upstream: reqwest::Client,
+    pub metrics: proxy_metrics::ProxyMetrics,
     pub loader: Loader,
 }
 
@@ -238,13 +250,6 @@ impl std::ops::Deref for AppState {
 impl AppState {
     pub fn new(config: Config) -> Self {
         let backend = backend::BackendClient::new(config.backend_timeout, &config.deployment_env);
-        let upstream = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_max_idle_per_host(1024)
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .expect("a reqwest client builds with static settings");
         let loader = Loader {
             source: config.source.clone(),
             environment: config.deployment_env.clone(),
@@ -261,7 +266,7 @@ impl AppState {
             reporter: backend::Reporter::new(backend.clone(), 100_000),
             oidc: oidc::Oidc::new(config.jwks_min_refresh),
             backend,
-            upstream,
+            metrics: proxy_metrics::ProxyMetrics::new(),
             loader,
             config,
         }))
@@ -336,9 +341,9 @@ impl AppState {
     }
 }
 
-/// The proxy's router: what API consumers reach.
+/// The proxy's router: what API consumers reach. Its upstream connections are driven by the runtime that serves it.
 pub fn router(state: AppState) -> Router {
-    proxy::router(state)
+    proxy::router(proxy::Worker::new(state))
 }
 
 /// Runs the proxy and management listeners until shutdown is requested.
@@ -346,31 +351,88 @@ pub async fn start(config: Config, ctx: Context) -> anyhow::Result<()> {
     let state = AppState::new(config.clone());
     state.boot(ctx.shutdown.clone()).await?;
     let management = management::router(state.clone(), ctx.metrics.clone());
-    let proxy = serve_proxy(&ctx, config.listen_addr, router(state));
+    let proxy = serve_proxy(&ctx, &config, state);
     let mgmt = ctx.serve(config.management_listen_addr, management);
     tokio::try_join!(proxy, mgmt)?;
     Ok(())
 }
 
-/// Serves the proxy like [`Context::serve`] (same middleware, graceful shutdown and drain), with `TCP_NODELAY` on
-/// every client connection: a proxy writes small answers as soon as they are ready, and Nagle's algorithm would hold
-/// them back waiting for ACKs.
-async fn serve_proxy(ctx: &Context, addr: SocketAddr, app: Router) -> anyhow::Result<()> {
+/// Serves the proxy on `config.workers` threads, nginx's model: each thread runs its own single-threaded runtime,
+/// accepts on its own `SO_REUSEPORT` socket and keeps its own upstream connections, so a request is read, authorized,
+/// forwarded and answered on one thread without waking another. Shutdown and drain as in [`Context::serve`], with a
+/// lean middleware: the proxy sets request ids and records APIcast's metrics itself (see proxy.rs), and a tracing span
+/// per request would cost more than the rest of a cached request's work.
+async fn serve_proxy(ctx: &Context, config: &Config, state: AppState) -> anyhow::Result<()> {
+    let listeners = bind_shared(config.listen_addr, config.workers)?;
+    tracing::info!(addr = %listeners[0].local_addr()?, workers = listeners.len(), "listening");
+    let mut finished = Vec::with_capacity(listeners.len());
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let state = state.clone();
+        let shutdown = ctx.shutdown.clone();
+        let drain = ctx.drain;
+        std::thread::Builder::new()
+            .name(format!("proxy-{index}"))
+            .spawn(move || {
+                let outcome = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|runtime| {
+                        runtime.block_on(proxy_worker(listener, state, shutdown, drain))
+                    });
+                let _ = done.send(outcome);
+            })?;
+        finished.push(result);
+    }
+    for result in finished {
+        result
+            .await
+            .map_err(|_| anyhow::anyhow!("a proxy thread stopped unexpectedly"))??;
+    }
+    Ok(())
+}
+
+/// Binds `count` listening sockets on one address with `SO_REUSEPORT` (the kernel spreads connections over them).
+/// Port 0 resolves on the first socket; the others take the same port.
+fn bind_shared(addr: SocketAddr, count: usize) -> anyhow::Result<Vec<std::net::TcpListener>> {
+    let mut listeners = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count.max(1) {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }?;
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket
+            .bind(addr)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        addr = socket.local_addr()?;
+        // Registered with this runtime only until `into_std`; each worker registers its socket with its own.
+        listeners.push(socket.listen(4096)?.into_std()?);
+    }
+    Ok(listeners)
+}
+
+async fn proxy_worker(
+    listener: std::net::TcpListener,
+    state: AppState,
+    shutdown: platform::Shutdown,
+    drain: Duration,
+) -> anyhow::Result<()> {
     use axum::serve::ListenerExt;
-    let listener = platform::shutdown::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "listening");
-    let listener = listener.tap_io(|tcp| {
+    let listener = tokio::net::TcpListener::from_std(listener)?.tap_io(|tcp| {
+        // A proxy writes small answers as soon as they are ready; Nagle's algorithm would hold them for ACKs.
         let _ = tcp.set_nodelay(true);
     });
-    let app = platform::http::stack(app, ctx.service);
-    let signal = ctx.shutdown.clone();
+    let signal = shutdown.clone();
     let server = axum::serve(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move { signal.wait().await });
-    let drain = ctx.drain;
-    let shutdown = ctx.shutdown.clone();
     tokio::select! {
         result = server => result?,
         _ = async { shutdown.wait().await; tokio::time::sleep(drain).await } => {
@@ -378,4 +440,38 @@ async fn serve_proxy(ctx: &Context, addr: SocketAddr, app: Router) -> anyhow::Re
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn workers_share_one_port_even_when_it_is_chosen_by_the_kernel() {
+        let listeners = bind_shared(SocketAddr::from(([127, 0, 0, 1], 0)), 3).unwrap();
+        let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        assert_eq!(addrs.len(), 3);
+        assert_ne!(addrs[0].port(), 0);
+        assert!(addrs.iter().all(|a| *a == addrs[0]), "{addrs:?}");
+        // Every connection lands on one of them.
+        let mut accepted = 0;
+        for _ in 0..6 {
+            let _client = std::net::TcpStream::connect(addrs[0]).unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            'wait: loop {
+                for listener in &listeners {
+                    if listener.accept().is_ok() {
+                        accepted += 1;
+                        break 'wait;
+                    }
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "connection not accepted"
+                );
+                std::thread::yield_now();
+            }
+        }
+        assert_eq!(accepted, 6);
+    }
 }

@@ -6,32 +6,94 @@ use crate::backend::{AuthCache, AuthCall, BackendAnswer, Lookup};
 use crate::credentials::{self, Credentials, RequestParts};
 use crate::mapping::{self, Args, Usage};
 use crate::policies;
+use crate::upstream::{Origin, Upstream, UpstreamError};
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use futures::TryStreamExt;
 use http_body_util::BodyExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Bodies larger than this are streamed and never searched for credentials (nginx spills them to disk too).
 const MAX_INSPECTED_BODY: u64 = 64 * 1024;
 
-pub fn router(state: AppState) -> Router {
-    Router::new().fallback(handle).with_state(state)
+/// What one proxy worker's requests share: the gateway's state and the worker's own upstream connections. Each
+/// worker thread has its own pool so a connection is only ever driven by the thread that uses it.
+#[derive(Clone)]
+pub struct Worker {
+    app: AppState,
+    upstream: Upstream,
 }
 
-async fn handle(State(state): State<AppState>, req: Request) -> Response {
+impl Worker {
+    pub fn new(app: AppState) -> Self {
+        let upstream = Upstream::new(Duration::from_secs(10), app.config.upstream_timeout);
+        Self { app, upstream }
+    }
+}
+
+impl std::ops::Deref for Worker {
+    type Target = AppState;
+    fn deref(&self) -> &AppState {
+        &self.app
+    }
+}
+
+pub fn router(worker: Worker) -> Router {
+    Router::new().fallback(handle).with_state(worker).layer(
+        tower_http::catch_panic::CatchPanicLayer::custom(platform::http::panic_response),
+    )
+}
+
+async fn handle(State(state): State<Worker>, mut req: Request) -> Response {
     let started = Instant::now();
-    let response = process(&state, req).await;
-    metrics::histogram!("total_response_time_seconds").record(started.elapsed().as_secs_f64());
-    metrics::counter!("apicast_status", "status" => response.status().as_u16().to_string())
+    let request_id = match req.headers().get(&platform::http::REQUEST_ID) {
+        Some(given) => given.clone(),
+        None => {
+            let id = next_request_id();
+            req.headers_mut()
+                .insert(platform::http::REQUEST_ID, id.clone());
+            id
+        }
+    };
+    let mut response = process(&state, req).await;
+    response
+        .headers_mut()
+        .insert(platform::http::REQUEST_ID, request_id);
+    state
+        .metrics
+        .total_time
+        .record(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .status(response.status().as_u16())
         .increment(1);
     response
+}
+
+/// A request id for a request that came without one: UUID-shaped, unique per process start (a random prefix) and
+/// cheap (a counter, no system call per request as `Uuid::new_v4` would make).
+fn next_request_id() -> HeaderValue {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
+    let id = uuid::Uuid::from_u64_pair(prefix, COUNTER.fetch_add(1, Ordering::Relaxed));
+    let mut buf = uuid::Uuid::encode_buffer();
+    HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf))
+        .unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// The request's id for log lines (the proxy has no per-request span).
+fn request_id(headers: &HeaderMap) -> &str {
+    headers
+        .get(&platform::http::REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
 }
 
 fn empty(status: StatusCode) -> Response {
@@ -100,7 +162,7 @@ fn headers_too_large(headers: &HeaderMap) -> bool {
     false
 }
 
-async fn process(state: &AppState, req: Request) -> Response {
+async fn process(state: &Worker, req: Request) -> Response {
     if req.uri().path() == "/_threescale/healthz" {
         return empty(StatusCode::OK);
     }
@@ -133,7 +195,7 @@ async fn process(state: &AppState, req: Request) -> Response {
         match found {
             Some(s) => s.clone(),
             None => {
-                tracing::warn!(host = %host, "could not find service for host");
+                tracing::warn!(host = %host, request_id = request_id(req.headers()), "could not find service for host");
                 return empty(StatusCode::NOT_FOUND);
             }
         }
@@ -225,7 +287,7 @@ struct AuthView {
 
 #[allow(clippy::too_many_arguments)]
 async fn serve(
-    state: &AppState,
+    state: &Worker,
     service: &Arc<Service>,
     parts: http::request::Parts,
     body: Body,
@@ -245,8 +307,7 @@ async fn serve(
             .and_then(|v| v.parse::<u64>().ok())
             .is_some_and(|len| len <= MAX_INSPECTED_BODY);
     let (body, body_args) = if wants_body {
-        match http_body_util::Limited::new(body, MAX_INSPECTED_BODY as usize)
-            .collect()
+        match Box::pin(http_body_util::Limited::new(body, MAX_INSPECTED_BODY as usize).collect())
             .await
         {
             Ok(collected) => {
@@ -289,18 +350,29 @@ async fn serve(
         }
     }
 
-    let upstream_base = match (&target.upstream, service.api_backend.as_ref()) {
-        (Some(chosen), _) => chosen,
-        (None, Some(api_backend)) => api_backend,
-        (None, None) => return empty(StatusCode::NOT_FOUND),
-    };
-    let url = upstream_url(
+    let chosen;
+    let (upstream_base, origin) =
+        match (&target.upstream, &service.api_backend, &service.api_origin) {
+            (Some(url), _, _) => match Origin::of(url) {
+                Some(origin) => {
+                    chosen = origin;
+                    (url, &chosen)
+                }
+                None => return empty(StatusCode::BAD_GATEWAY),
+            },
+            (None, Some(url), Some(origin)) => (url, origin),
+            _ => return empty(StatusCode::NOT_FOUND),
+        };
+    let Some(uri) = upstream_uri(
         upstream_base,
+        origin,
         target.path.as_deref().unwrap_or(parts.uri.path()),
         target.query.as_deref(),
-    );
+    ) else {
+        return empty(StatusCode::BAD_REQUEST);
+    };
     let policy_host = target.upstream.is_some();
-    let mut response = forward(state, service, upstream_base, policy_host, url, parts, body).await;
+    let mut response = forward(state, service, origin, policy_host, uri, parts, body).await;
     if let Some((credentials, usage)) = report {
         state.reporter.enqueue(service, credentials, &usage);
     }
@@ -388,7 +460,7 @@ async fn authorize(
         None => match &service.policies.default_credentials {
             Some(pairs) => default_credentials(pairs),
             None => {
-                tracing::warn!(service_id = %service.id, "cannot get credentials");
+                tracing::warn!(service_id = %service.id, request_id = request_id(headers), "cannot get credentials");
                 return Err(error_answer(&service.errors.auth_missing));
             }
         },
@@ -400,20 +472,20 @@ async fn authorize(
         let Some(oidc) = service.oidc.as_ref() else {
             return Err(error_answer(&service.errors.auth_failed));
         };
-        match state
-            .oidc
-            .verify(
-                &service.id,
-                oidc.supplied.as_ref(),
-                oidc.issuer_endpoint.as_deref(),
-                &oidc.client_id_claim,
-                token,
-            )
-            .await
+        // Boxed, as are the other rarely-suspending steps below: the request future stays small, and axum and
+        // tokio move it around by value.
+        match Box::pin(state.oidc.verify(
+            &service.id,
+            oidc.supplied.as_ref(),
+            oidc.issuer_endpoint.as_deref(),
+            &oidc.client_id_claim,
+            token,
+        ))
+        .await
         {
             Ok(client_id) => (vec![("app_id", client_id.to_string())], token.clone()),
             Err(e) => {
-                tracing::info!(service_id = %service.id, reason = %e, "JWT rejected");
+                tracing::info!(service_id = %service.id, request_id = request_id(headers), reason = %e, "JWT rejected");
                 return Err(error_answer(&service.errors.auth_failed));
             }
         }
@@ -468,12 +540,7 @@ async fn authorize(
             })
         }
         Lookup::Exhausted(answer) => return Err(rejection(service, &answer, mode)),
-        Lookup::Miss => {
-            state
-                .reporter
-                .flush_for(service, &backend_credentials)
-                .await
-        }
+        Lookup::Miss => Box::pin(state.reporter.flush_for(service, &backend_credentials)).await,
     };
     let call = AuthCall {
         service,
@@ -483,7 +550,7 @@ async fn authorize(
         oauth: matches!(service.auth_mode, AuthMode::Oidc | AuthMode::OAuth),
     };
     let answer = if backend_took_pending {
-        state.backend.authrep(&call).await
+        Box::pin(state.backend.authrep(&call)).await
     } else {
         BackendAnswer::default()
     };
@@ -546,55 +613,82 @@ const HOP_BY_HOP: [&str; 8] = [
     "host",
 ];
 
-/// The upstream URL: `api_backend`'s path joined with the request path; the request's query unless
+/// The upstream path and query: `api_backend`'s path joined with the request path; the request's query unless
 /// `api_backend` has its own.
-pub fn upstream_url(api_backend: &url::Url, request_path: &str, query: Option<&str>) -> url::Url {
-    let mut url = api_backend.clone();
+pub fn upstream_target(api_backend: &url::Url, request_path: &str, query: Option<&str>) -> String {
     let base = api_backend.path();
-    let joined = if base.is_empty() || base == "/" {
-        request_path.to_owned()
+    let query = api_backend.query().or(query);
+    let mut target = String::with_capacity(
+        base.len() + request_path.len() + query.map_or(0, |q| q.len() + 1) + 1,
+    );
+    if base.is_empty() || base == "/" {
+        target.push_str(request_path);
     } else if request_path == "/" || request_path.is_empty() {
-        base.to_owned()
+        target.push_str(base);
     } else {
-        format!("{}{}", base.trim_end_matches('/'), request_path)
-    };
-    url.set_path(&joined);
-    if api_backend.query().is_none() {
-        url.set_query(query);
+        target.push_str(base.trim_end_matches('/'));
+        target.push_str(request_path);
     }
-    url
+    if !target.starts_with('/') {
+        target.insert(0, '/');
+    }
+    if let Some(query) = query {
+        target.push('?');
+        target.push_str(query);
+    }
+    target
 }
 
-/// Sends the request to `url` and streams the answer back. `policy_host`: the `upstream` policy chose the
+/// The upstream URI. A path rewritten by a policy may hold bytes a URI cannot: those are percent-encoded.
+fn upstream_uri(
+    api_backend: &url::Url,
+    origin: &Origin,
+    request_path: &str,
+    query: Option<&str>,
+) -> Option<http::Uri> {
+    let target = upstream_target(api_backend, request_path, query);
+    origin.uri(&target).or_else(|| {
+        let (path, query) = target
+            .split_once('?')
+            .map_or((target.as_str(), None), |(p, q)| (p, Some(q)));
+        let mut url = api_backend.clone();
+        url.set_path(path);
+        url.set_query(query);
+        origin.uri(&url[url::Position::BeforePath..])
+    })
+}
+
+/// Sends the request to `uri` and streams the answer back. `policy_host`: the `upstream` policy chose the
 /// target, so `Host` is the target's even when the service has `hostname_rewrite`.
 async fn forward(
-    state: &AppState,
+    state: &Worker,
     service: &Service,
-    api_backend: &url::Url,
+    origin: &Origin,
     policy_host: bool,
-    url: url::Url,
+    uri: http::Uri,
     parts: http::request::Parts,
     body: Body,
 ) -> Response {
-    let mut headers = HeaderMap::with_capacity(parts.headers.len() + 3);
-    for (name, value) in parts.headers.iter() {
-        if HOP_BY_HOP.contains(&name.as_str()) || name.as_str() == "x-3scale-debug" {
-            continue;
-        }
-        headers.append(name.clone(), value.clone());
+    let http::request::Parts {
+        method,
+        mut headers,
+        extensions,
+        ..
+    } = parts;
+    let has_body = headers.contains_key(header::CONTENT_LENGTH)
+        || headers.contains_key(header::TRANSFER_ENCODING);
+    for name in HOP_BY_HOP {
+        headers.remove(name);
     }
+    headers.remove("x-3scale-debug");
     let host = match service.hostname_rewrite.as_ref().filter(|_| !policy_host) {
-        Some(h) => h.clone(),
-        None => match (api_backend.host_str(), api_backend.port()) {
-            (Some(h), Some(p)) => format!("{h}:{p}"),
-            (Some(h), None) => h.to_owned(),
-            _ => String::new(),
-        },
+        Some(h) => HeaderValue::from_str(h).ok(),
+        None => Some(origin.host.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&host) {
-        headers.insert(header::HOST, v);
+    if let Some(host) = host {
+        headers.insert(header::HOST, host);
     }
-    if let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+    if let Some(ConnectInfo(peer)) = extensions.get::<ConnectInfo<SocketAddr>>() {
         if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
             headers.insert("x-real-ip", v);
         }
@@ -604,46 +698,44 @@ async fn forward(
             headers.insert("x-3scale-proxy-secret-token", v);
         }
     }
-    let has_body = parts.headers.contains_key(header::CONTENT_LENGTH)
-        || parts.headers.contains_key(header::TRANSFER_ENCODING);
-    let mut request = state
-        .upstream
-        .request(parts.method.clone(), url)
-        .headers(headers);
-    if has_body {
-        request = request.body(reqwest::Body::wrap_stream(body.into_data_stream()));
-    }
+    // A cheap clone (shared bytes) kept for the failure log lines below.
+    let rid_header = headers.get(&platform::http::REQUEST_ID).cloned();
+    let rid = rid_header
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mut request = http::Request::new(if has_body { body } else { Body::empty() });
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
     let started = Instant::now();
-    let result = tokio::time::timeout(state.config.upstream_timeout, request.send()).await;
-    metrics::histogram!("upstream_response_time_seconds").record(started.elapsed().as_secs_f64());
-    let upstream = match result {
-        Err(_) => {
-            tracing::warn!(service_id = %service.id, "upstream timed out");
-            metrics::counter!("upstream_status", "status" => "504").increment(1);
+    let result = state.upstream.send(request).await;
+    state
+        .metrics
+        .upstream_time
+        .record(started.elapsed().as_secs_f64());
+    let mut upstream = match result {
+        Err(UpstreamError::Timeout) => {
+            tracing::warn!(service_id = %service.id, request_id = %rid, "upstream timed out");
+            state.metrics.upstream_status(504).increment(1);
             return empty(StatusCode::GATEWAY_TIMEOUT);
         }
-        Ok(Err(err)) => {
-            tracing::warn!(service_id = %service.id, error = %err.without_url(), "upstream failed");
-            metrics::counter!("upstream_status", "status" => "502").increment(1);
+        Err(err) => {
+            tracing::warn!(service_id = %service.id, request_id = %rid, error = %err, "upstream failed");
+            state.metrics.upstream_status(502).increment(1);
             return empty(StatusCode::BAD_GATEWAY);
         }
-        Ok(Ok(r)) => r,
+        Ok(r) => r,
     };
-    metrics::counter!("upstream_status", "status" => upstream.status().as_u16().to_string())
+    state
+        .metrics
+        .upstream_status(upstream.status().as_u16())
         .increment(1);
-    let mut response = Response::builder().status(upstream.status());
-    if let Some(h) = response.headers_mut() {
-        for (name, value) in upstream.headers() {
-            if HOP_BY_HOP.contains(&name.as_str()) {
-                continue;
-            }
-            h.append(name.clone(), value.clone());
-        }
+    let answer_headers = upstream.headers_mut();
+    for name in HOP_BY_HOP {
+        answer_headers.remove(name);
     }
-    let stream = upstream.bytes_stream().map_err(std::io::Error::other);
-    response
-        .body(Body::from_stream(stream))
-        .unwrap_or_else(|_| empty(StatusCode::BAD_GATEWAY))
+    upstream.map(Body::new)
 }
 
 #[cfg(test)]
@@ -653,27 +745,23 @@ mod tests {
     #[test]
     fn upstream_paths_join_like_apicast() {
         let base = url::Url::parse("http://up:8080/foo").unwrap();
-        let u = |s: &str| {
+        let target = |base: &url::Url, s: &str| {
             let uri = s.parse::<http::Uri>().unwrap();
-            (uri.path().to_owned(), uri.query().map(str::to_owned))
+            upstream_target(base, uri.path(), uri.query())
         };
-        let upstream_url = |base: &url::Url, (path, query): &(String, Option<String>)| {
-            upstream_url(base, path, query.as_deref())
-        };
-        assert_eq!(
-            upstream_url(&base, &u("/bar?a=1")).as_str(),
-            "http://up:8080/foo/bar?a=1"
-        );
-        assert_eq!(upstream_url(&base, &u("/")).as_str(), "http://up:8080/foo");
+        assert_eq!(target(&base, "/bar?a=1"), "/foo/bar?a=1");
+        assert_eq!(target(&base, "/"), "/foo");
         let root = url::Url::parse("http://up").unwrap();
-        assert_eq!(
-            upstream_url(&root, &u("/x/y?q")).as_str(),
-            "http://up/x/y?q"
-        );
+        assert_eq!(target(&root, "/x/y?q"), "/x/y?q");
         let with_query = url::Url::parse("http://up/p?fixed=1").unwrap();
-        assert_eq!(
-            upstream_url(&with_query, &u("/x?client=2")).as_str(),
-            "http://up/p/x?fixed=1"
-        );
+        assert_eq!(target(&with_query, "/x?client=2"), "/p/x?fixed=1");
+    }
+
+    #[test]
+    fn rewritten_paths_with_spaces_are_encoded() {
+        let base = url::Url::parse("http://up:8080/foo").unwrap();
+        let origin = Origin::of(&base).unwrap();
+        let uri = upstream_uri(&base, &origin, "/a b", Some("q=1")).unwrap();
+        assert_eq!(uri.to_string(), "http://up:8080/foo/a%20b?q=1");
     }
 }

@@ -78,7 +78,8 @@ async fn record_metrics(
     response
 }
 
-fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response<axum::body::Body> {
+/// The answer given when a handler panics (also used by the gateway's own lean stack).
+pub fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response<axum::body::Body> {
     tracing::error!("request handler panicked");
     let mut res = Response::new(axum::body::Body::from("Internal Server Error"));
     *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;

@@ -23,12 +23,13 @@ impl Metrics {
                 .build_recorder();
             let handle = recorder.handle();
             // Histogram samples are buffered raw until drained; without a scraper they would pile up under load,
-            // so a small thread drains them into their buckets every few seconds.
+            // so a small thread drains them into their buckets every second (at 40k requests/s and two histograms
+            // per request that keeps about 1 MB buffered; every 5 s it was about 4 MB of the gateway's RSS).
             let upkeep = handle.clone();
             let _ = std::thread::Builder::new()
                 .name("metrics-upkeep".into())
                 .spawn(move || loop {
-                    std::thread::sleep(std::time::Duration::from_secs(5));
+                    std::thread::sleep(std::time::Duration::from_secs(1));
                     upkeep.run_upkeep();
                 });
             // Fails only if another recorder was installed first; ours then stays private and renders empty.
