@@ -5,7 +5,7 @@ use crate::apicast::{CachingMode, Service};
 use crate::mapping::Usage;
 use moka::sync::Cache;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -204,7 +204,13 @@ struct CacheEntry {
     /// entry), when the limit resets, and its `max_value`. Without it the cache would let a key through for a
     /// whole TTL whatever its plan says.
     budget: Option<Arc<Budget>>,
+    /// Set by the one request that asks backend again once the entry is older than the TTL (shared by clones).
+    refreshing: Arc<AtomicBool>,
 }
+
+/// How long an expired success keeps serving the other requests while one request refreshes it. Past this (a slow
+/// or hung backend, or a refreshing client that went away) every request asks backend again.
+const REFRESH_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 struct Budget {
@@ -273,8 +279,19 @@ impl AuthCache {
         let Some(entry) = self.entries.get(key) else {
             return Lookup::Miss;
         };
-        if entry.status != 200 || entry.stored.elapsed() >= self.ttl {
+        if entry.status != 200 {
             return Lookup::Miss;
+        }
+        let age = entry.stored.elapsed();
+        if age >= self.ttl {
+            // One request refreshes an expired success; the ones arriving meanwhile keep using it, so a busy key
+            // costs backend one call per TTL rather than one per request in flight when the entry expires.
+            if self.ttl.is_zero()
+                || age >= self.ttl + REFRESH_GRACE
+                || !entry.refreshing.swap(true, Ordering::AcqRel)
+            {
+                return Lookup::Miss;
+            }
         }
         let Some(budget) = &entry.budget else {
             return Lookup::Hit;
@@ -322,6 +339,7 @@ impl AuthCache {
                     status,
                     stored: now,
                     budget: if status == 200 { budget.clone() } else { None },
+                    refreshing: Arc::default(),
                 },
             )
         };
@@ -377,6 +395,14 @@ impl ReportTarget {
             backend_auth: service.backend_auth.clone(),
         }
     }
+
+    /// Whether `service` reports here, compared without building a target.
+    fn is_of(&self, service: &Service) -> bool {
+        self.service_id == service.id
+            && self.endpoint == service.backend.endpoint
+            && self.host == service.backend.host
+            && self.backend_auth == service.backend_auth
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -412,10 +438,18 @@ impl Reporter {
         credentials: Vec<(&'static str, String)>,
         usage: &Usage,
     ) {
-        let target = ReportTarget::of(service);
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let size: usize = pending.values().map(HashMap::len).sum();
-        let per_target = pending.entry(target).or_default();
+        // The common case (the target and the application already queued) allocates nothing.
+        if !pending.keys().any(|t| t.is_of(service)) {
+            pending.insert(ReportTarget::of(service), HashMap::new());
+        }
+        let Some(per_target) = pending
+            .iter_mut()
+            .find_map(|(t, apps)| t.is_of(service).then_some(apps))
+        else {
+            return;
+        };
         if size >= self.max_pending && !per_target.contains_key(&credentials) {
             metrics::counter!("gateway_reports_dropped_total").increment(1);
             tracing::error!(service_id = %service.id, "report queue full: usage dropped");
@@ -423,7 +457,12 @@ impl Reporter {
         }
         let sums = per_target.entry(credentials).or_default();
         for (metric, delta) in &usage.0 {
-            *sums.entry(metric.clone()).or_default() += delta;
+            match sums.get_mut(metric.as_str()) {
+                Some(sum) => *sum += delta,
+                None => {
+                    sums.insert(metric.clone(), *delta);
+                }
+            }
         }
     }
 
@@ -586,6 +625,59 @@ mod tests {
                 Lookup::Hit
             ));
         }
+    }
+
+    #[test]
+    fn one_request_refreshes_an_expired_success_while_the_others_use_it() {
+        let ttl = Duration::from_millis(20);
+        let cache = AuthCache::new(100, ttl, Duration::from_secs(3600));
+        let expire = || {
+            let until = Instant::now() + ttl;
+            while Instant::now() < until {
+                std::thread::yield_now();
+            }
+        };
+        assert!(cache.handle("k", CachingMode::Strict, &answer(200)));
+        assert!(matches!(
+            cache.lookup("k", CachingMode::Strict),
+            Lookup::Hit
+        ));
+        expire();
+        assert!(
+            matches!(cache.lookup("k", CachingMode::Strict), Lookup::Miss),
+            "the first request after the TTL asks backend"
+        );
+        for _ in 0..5 {
+            assert!(
+                matches!(cache.lookup("k", CachingMode::Strict), Lookup::Hit),
+                "the others are served from the entry meanwhile"
+            );
+        }
+        // The refreshed answer starts a new TTL, and the next expiry again sends exactly one request to backend.
+        assert!(cache.handle("k", CachingMode::Strict, &answer(200)));
+        assert!(matches!(
+            cache.lookup("k", CachingMode::Strict),
+            Lookup::Hit
+        ));
+        expire();
+        assert!(matches!(
+            cache.lookup("k", CachingMode::Strict),
+            Lookup::Miss
+        ));
+        assert!(matches!(
+            cache.lookup("k", CachingMode::Strict),
+            Lookup::Hit
+        ));
+        // A refresh that is refused ends the grace at once.
+        assert!(!cache.handle("k", CachingMode::Strict, &answer(403)));
+        assert!(matches!(
+            cache.lookup("k", CachingMode::Strict),
+            Lookup::Miss
+        ));
+        assert!(matches!(
+            cache.lookup("k", CachingMode::Strict),
+            Lookup::Miss
+        ));
     }
 
     #[test]

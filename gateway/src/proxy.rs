@@ -23,8 +23,12 @@ const MAX_INSPECTED_BODY: u64 = 64 * 1024;
 
 /// What one proxy worker's requests share: the gateway's state and the worker's own upstream connections. Each
 /// worker thread has its own pool so a connection is only ever driven by the thread that uses it.
+/// Behind its own `Arc`, cloned per request by one thread only: cloning the process-wide `AppState` instead would
+/// bounce its reference count between the workers' cores on every request.
 #[derive(Clone)]
-pub struct Worker {
+pub struct Worker(Arc<WorkerParts>);
+
+pub struct WorkerParts {
     app: AppState,
     upstream: Upstream,
 }
@@ -32,14 +36,14 @@ pub struct Worker {
 impl Worker {
     pub fn new(app: AppState) -> Self {
         let upstream = Upstream::new(Duration::from_secs(10), app.config.upstream_timeout);
-        Self { app, upstream }
+        Self(Arc::new(WorkerParts { app, upstream }))
     }
 }
 
 impl std::ops::Deref for Worker {
     type Target = AppState;
     fn deref(&self) -> &AppState {
-        &self.app
+        &self.0.app
     }
 }
 
@@ -709,7 +713,7 @@ async fn forward(
     *request.uri_mut() = uri;
     *request.headers_mut() = headers;
     let started = Instant::now();
-    let result = state.upstream.send(request).await;
+    let result = state.0.upstream.send(request).await;
     state
         .metrics
         .upstream_time
