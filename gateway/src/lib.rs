@@ -416,26 +416,61 @@ fn bind_shared(addr: SocketAddr, count: usize) -> anyhow::Result<Vec<std::net::T
     Ok(listeners)
 }
 
+/// One proxy thread: accepts on its socket and serves each connection with hyper's HTTP/1.1 server (no router: every
+/// request goes to the proxy). On shutdown it stops accepting, lets requests in flight finish for up to the drain
+/// time, then closes what is left.
 async fn proxy_worker(
     listener: std::net::TcpListener,
     state: AppState,
     shutdown: platform::Shutdown,
     drain: Duration,
 ) -> anyhow::Result<()> {
-    use axum::serve::ListenerExt;
-    let listener = tokio::net::TcpListener::from_std(listener)?.tap_io(|tcp| {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let worker = proxy::Worker::new(state);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // A client has 30 s to send a request's head (slow-header attacks hold no connection longer).
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off briefly instead of spinning.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.wait() => break,
+        };
         // A proxy writes small answers as soon as they are ready; Nagle's algorithm would hold them for ACKs.
-        let _ = tcp.set_nodelay(true);
-    });
-    let signal = shutdown.clone();
-    let server = axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { signal.wait().await });
+        let _ = stream.set_nodelay(true);
+        let worker = worker.clone();
+        let peer = peer.ip();
+        let service =
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let worker = worker.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        proxy::serve_request(&worker, peer, req.map(axum::body::Body::new)).await,
+                    )
+                }
+            });
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "client connection ended with an error");
+            }
+        });
+    }
+    // Closing the socket now makes new connections fail at once (the kernel would otherwise keep queueing them).
+    drop(listener);
     tokio::select! {
-        result = server => result?,
-        _ = async { shutdown.wait().await; tokio::time::sleep(drain).await } => {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(drain) => {
             tracing::warn!(drain_secs = drain.as_secs_f64(), "drain time over, closing remaining connections");
         }
     }

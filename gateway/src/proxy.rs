@@ -10,11 +10,11 @@ use crate::upstream::{Origin, Upstream, UpstreamError};
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use http_body_util::BodyExt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 const MAX_INSPECTED_BODY: u64 = 64 * 1024;
 
 /// What one proxy worker's requests share: the gateway's state and the worker's own upstream connections. Each
-/// worker thread has its own pool so a connection is only ever driven by the thread that uses it.
-/// Behind its own `Arc`, cloned per request by one thread only: cloning the process-wide `AppState` instead would
-/// bounce its reference count between the workers' cores on every request.
+/// worker thread has its own pool, so a connection is only ever driven by the thread that uses it, and its own `Arc`,
+/// cloned per request by that thread only (cloning the process-wide `AppState` instead would bounce its reference
+/// count between the workers' cores on every request).
 #[derive(Clone)]
 pub struct Worker(Arc<WorkerParts>);
 
@@ -47,13 +47,31 @@ impl std::ops::Deref for Worker {
     }
 }
 
+/// The proxy as an axum router (for tests and embedding); the gateway binary serves [`serve_request`] directly.
 pub fn router(worker: Worker) -> Router {
-    Router::new().fallback(handle).with_state(worker).layer(
+    Router::new().fallback(routed).with_state(worker).layer(
         tower_http::catch_panic::CatchPanicLayer::custom(platform::http::panic_response),
     )
 }
 
-async fn handle(State(state): State<Worker>, mut req: Request) -> Response {
+async fn routed(State(state): State<Worker>, req: Request) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip());
+    handle(&state, peer, req).await
+}
+
+/// One proxied request, as the worker's HTTP/1.1 connections hand it over; a panic becomes a 500.
+pub async fn serve_request(worker: &Worker, peer: IpAddr, req: Request) -> Response {
+    use futures::FutureExt;
+    std::panic::AssertUnwindSafe(handle(worker, Some(peer), req))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(platform::http::panic_response)
+}
+
+async fn handle(state: &Worker, peer: Option<IpAddr>, mut req: Request) -> Response {
     let started = Instant::now();
     let request_id = match req.headers().get(&platform::http::REQUEST_ID) {
         Some(given) => given.clone(),
@@ -64,7 +82,7 @@ async fn handle(State(state): State<Worker>, mut req: Request) -> Response {
             id
         }
     };
-    let mut response = process(&state, req).await;
+    let mut response = process(state, peer, req).await;
     response
         .headers_mut()
         .insert(platform::http::REQUEST_ID, request_id);
@@ -166,7 +184,7 @@ fn headers_too_large(headers: &HeaderMap) -> bool {
     false
 }
 
-async fn process(state: &Worker, req: Request) -> Response {
+async fn process(state: &Worker, peer: Option<IpAddr>, req: Request) -> Response {
     if req.uri().path() == "/_threescale/healthz" {
         return empty(StatusCode::OK);
     }
@@ -207,15 +225,12 @@ async fn process(state: &Worker, req: Request) -> Response {
     drop(config);
 
     let (mut parts, body) = req.into_parts();
-    let peer = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(peer)| peer.ip());
     if service.policies.steps.is_empty() {
         let target = RequestTarget {
             path: None,
             query: parts.uri.query().map(str::to_owned),
             upstream: None,
+            peer,
         };
         return serve(
             state, &service, parts, body, &path, query_args, None, target,
@@ -251,6 +266,7 @@ async fn process(state: &Worker, req: Request) -> Response {
                 path: request.path_rewritten.then_some(request.path.clone()),
                 query: request.query,
                 upstream: request.upstream,
+                peer,
             };
             match snapshot {
                 Some(seen) => {
@@ -281,6 +297,8 @@ struct RequestTarget {
     query: Option<String>,
     /// Chosen by the `upstream` policy.
     upstream: Option<url::Url>,
+    /// The client's address, sent upstream as `X-Real-IP`.
+    peer: Option<IpAddr>,
 }
 
 /// The request as the `apicast` policy saw it, when policies before it changed it.
@@ -376,7 +394,17 @@ async fn serve(
         return empty(StatusCode::BAD_REQUEST);
     };
     let policy_host = target.upstream.is_some();
-    let mut response = forward(state, service, origin, policy_host, uri, parts, body).await;
+    let mut response = forward(
+        state,
+        service,
+        origin,
+        policy_host,
+        target.peer,
+        uri,
+        parts,
+        body,
+    )
+    .await;
     if let Some((credentials, usage)) = report {
         state.reporter.enqueue(service, credentials, &usage);
     }
@@ -606,16 +634,32 @@ fn rejection(service: &Service, answer: &BackendAnswer, _mode: CachingMode) -> R
     error_answer(&service.errors.auth_failed)
 }
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
+/// Headers that belong to one connection and are not passed on (`Host` is set separately).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
+
+const DEBUG_HEADER: HeaderName = HeaderName::from_static("x-3scale-debug");
+
+/// Removes the hop-by-hop headers (and `also`, when given). Usually none is there: one pass over the few headers a
+/// request has is cheaper than a lookup per name.
+fn strip_hop_by_hop(headers: &mut HeaderMap, also: Option<&HeaderName>) {
+    let doomed = |name: &HeaderName| HOP_BY_HOP.contains(name) || also == Some(name);
+    if headers.keys().any(doomed) {
+        for name in &HOP_BY_HOP {
+            headers.remove(name);
+        }
+        if let Some(name) = also {
+            headers.remove(name);
+        }
+    }
+}
 
 /// The upstream path and query: `api_backend`'s path joined with the request path; the request's query unless
 /// `api_backend` has its own.
@@ -664,11 +708,13 @@ fn upstream_uri(
 
 /// Sends the request to `uri` and streams the answer back. `policy_host`: the `upstream` policy chose the
 /// target, so `Host` is the target's even when the service has `hostname_rewrite`.
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     state: &Worker,
     service: &Service,
     origin: &Origin,
     policy_host: bool,
+    peer: Option<IpAddr>,
     uri: http::Uri,
     parts: http::request::Parts,
     body: Body,
@@ -676,24 +722,25 @@ async fn forward(
     let http::request::Parts {
         method,
         mut headers,
-        extensions,
         ..
     } = parts;
     let has_body = headers.contains_key(header::CONTENT_LENGTH)
         || headers.contains_key(header::TRANSFER_ENCODING);
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    headers.remove("x-3scale-debug");
+    strip_hop_by_hop(&mut headers, Some(&DEBUG_HEADER));
     let host = match service.hostname_rewrite.as_ref().filter(|_| !policy_host) {
         Some(h) => HeaderValue::from_str(h).ok(),
         None => Some(origin.host.clone()),
     };
-    if let Some(host) = host {
-        headers.insert(header::HOST, host);
+    match host {
+        Some(host) => {
+            headers.insert(header::HOST, host);
+        }
+        None => {
+            headers.remove(header::HOST);
+        }
     }
-    if let Some(ConnectInfo(peer)) = extensions.get::<ConnectInfo<SocketAddr>>() {
-        if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
+    if let Some(peer) = peer {
+        if let Ok(v) = HeaderValue::from_str(&peer.to_string()) {
             headers.insert("x-real-ip", v);
         }
     }
@@ -735,10 +782,7 @@ async fn forward(
         .metrics
         .upstream_status(upstream.status().as_u16())
         .increment(1);
-    let answer_headers = upstream.headers_mut();
-    for name in HOP_BY_HOP {
-        answer_headers.remove(name);
-    }
+    strip_hop_by_hop(upstream.headers_mut(), None);
     upstream.map(Body::new)
 }
 
@@ -759,6 +803,29 @@ mod tests {
         assert_eq!(target(&root, "/x/y?q"), "/x/y?q");
         let with_query = url::Url::parse("http://up/p?fixed=1").unwrap();
         assert_eq!(target(&with_query, "/x?client=2"), "/p/x?fixed=1");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_not_passed_on() {
+        let mut headers = HeaderMap::new();
+        headers.insert("connection", HeaderValue::from_static("keep-alive"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        headers.insert("x-3scale-debug", HeaderValue::from_static("secret"));
+        headers.insert("authorization", HeaderValue::from_static("Bearer t"));
+        strip_hop_by_hop(&mut headers, Some(&DEBUG_HEADER));
+        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["authorization"]);
+
+        let mut answer = HeaderMap::new();
+        answer.insert(
+            "x-3scale-debug",
+            HeaderValue::from_static("kept in answers"),
+        );
+        answer.insert("upgrade", HeaderValue::from_static("h2c"));
+        strip_hop_by_hop(&mut answer, None);
+        let left: Vec<&str> = answer.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-3scale-debug"]);
     }
 
     #[test]
