@@ -1,5 +1,6 @@
 //! The gateway binary's own proxy listener (worker threads on one port, hyper's HTTP/1.1 server): requests go through
-//! with their forwarded headers, and on SIGTERM a request in flight finishes before the process exits.
+//! with their forwarded headers, on SIGTERM a request in flight finishes before the process exits, and HTTPS
+//! upstreams are verified against the system's CA roots or `SSL_CERT_FILE`.
 
 mod support;
 
@@ -14,6 +15,44 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
+
+/// Starts the gateway binary on `doc` (written to a file) with `env`, and waits until it is ready.
+async fn start_gateway(
+    name: &str,
+    doc: &serde_json::Value,
+    env: &[(&str, String)],
+) -> (ServiceProcess, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("gateway-{name}-{}", uuid_like()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("apicast.json");
+    std::fs::write(&config, serde_json::to_vec(doc).unwrap()).unwrap();
+    let mgmt: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut all = vec![
+        ("MANAGEMENT_LISTEN_ADDR", mgmt.to_string()),
+        ("THREESCALE_CONFIG_FILE", config.display().to_string()),
+    ];
+    all.extend(env.iter().cloned());
+    let mut gateway =
+        ServiceProcess::spawn("gateway", Path::new(env!("CARGO_BIN_EXE_gateway")), &all);
+    gateway
+        .wait_ready(
+            &format!("http://{mgmt}/status/ready"),
+            Duration::from_secs(30),
+        )
+        .await;
+    (gateway, dir)
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
 
 #[derive(Clone, Default)]
 struct Slow {
@@ -49,28 +88,16 @@ async fn serves_on_worker_threads_and_drains_on_sigterm() {
     )
     .await;
 
-    let dir = std::env::temp_dir().join(format!("gateway-binary-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("apicast.json");
     let doc = json!({"services": [support::service(backend, upstream, json!({}))]});
-    std::fs::write(&config, serde_json::to_vec(&doc).unwrap()).unwrap();
-    let mgmt: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut gateway = ServiceProcess::spawn(
-        "gateway",
-        Path::new(env!("CARGO_BIN_EXE_gateway")),
+    let (mut gateway, dir) = start_gateway(
+        "drain",
+        &doc,
         &[
-            ("MANAGEMENT_LISTEN_ADDR", mgmt.to_string()),
-            ("THREESCALE_CONFIG_FILE", config.display().to_string()),
             ("GATEWAY_WORKERS", "2".to_owned()),
             ("SHUTDOWN_DRAIN_SECONDS", "30".to_owned()),
         ],
-    );
-    gateway
-        .wait_ready(
-            &format!("http://{mgmt}/status/ready"),
-            Duration::from_secs(30),
-        )
-        .await;
+    )
+    .await;
     let host = doc["services"][0]["proxy"]["hosts"][0]
         .as_str()
         .unwrap()
@@ -161,4 +188,60 @@ async fn serves_on_worker_threads_and_drains_on_sigterm() {
         gateway.logs()
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_upstreams_are_verified_against_ssl_cert_file() {
+    let (_stand, backend, _) = support::stand_ins().await;
+    let pki = platform::testing::TestPki::new("gateway test CA");
+    let upstream = pki
+        .serve(
+            Router::new()
+                .fallback(|uri: axum::http::Uri| async move { format!("tls upstream saw {uri}") }),
+        )
+        .await;
+    let mut doc = json!({"services": [support::service(backend, upstream, json!({}))]});
+    doc["services"][0]["proxy"]["api_backend"] =
+        json!(format!("https://127.0.0.1:{}/base", upstream.port()));
+    let host = doc["services"][0]["proxy"]["hosts"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let get = |gateway: &ServiceProcess| {
+        reqwest::Client::new()
+            .get(gateway.url("/hits?user_key=good-1"))
+            .header("host", host.clone())
+            .send()
+    };
+
+    // The system's roots do not know the test CA: the upstream's certificate is refused.
+    let (mut untrusting, dir) = start_gateway("tls-untrusted", &doc, &[]).await;
+    let refused = get(&untrusting).await.unwrap();
+    assert_eq!(refused.status(), 502, "{}", untrusting.logs());
+    assert!(
+        untrusting.logs().to_lowercase().contains("certificate"),
+        "the log says why: {}",
+        untrusting.logs()
+    );
+    untrusting.terminate(Duration::from_secs(15)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // With SSL_CERT_FILE naming the CA, the same request goes through over TLS.
+    let ca_file = std::env::temp_dir().join(format!("gateway-ca-{}.pem", uuid_like()));
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+    let (mut trusting, dir) = start_gateway(
+        "tls-trusted",
+        &doc,
+        &[("SSL_CERT_FILE", ca_file.display().to_string())],
+    )
+    .await;
+    let answer = get(&trusting).await.unwrap();
+    assert_eq!(answer.status(), 200, "{}", trusting.logs());
+    assert_eq!(
+        answer.text().await.unwrap(),
+        "tls upstream saw /base/hits?user_key=good-1"
+    );
+    trusting.terminate(Duration::from_secs(15)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&ca_file);
 }

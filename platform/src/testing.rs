@@ -1,4 +1,5 @@
-//! Test helpers: a fresh Postgres database per test, and a service binary run as a child process.
+//! Test helpers: a fresh Postgres database per test, a service binary run as a child process, and a test CA with
+//! HTTPS servers for the services' TLS client tests.
 //!
 //! Postgres comes from `DATABASE_URL` when set, else the local server at 127.0.0.1:5432; when nothing answers
 //! there and the PostgreSQL server binaries are installed, a throwaway cluster is started in a temp dir.
@@ -390,4 +391,73 @@ pub async fn assert_lifecycle(
         "{name} exited with {status}\n{}",
         service.logs()
     );
+}
+
+/// A test certificate authority and a server certificate it signed for `127.0.0.1`.
+pub struct TestPki {
+    /// The CA certificate, for `SSL_CERT_FILE`.
+    pub ca_pem: String,
+    cert: rustls::pki_types::CertificateDer<'static>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+impl TestPki {
+    /// A fresh CA named `ca_name` and a leaf for `127.0.0.1` (server authentication).
+    pub fn new(ca_name: &str) -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, ca_name);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
+
+        let key = KeyPair::generate().expect("server key");
+        let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("leaf params");
+        leaf.distinguished_name
+            .push(DnType::CommonName, "127.0.0.1");
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let leaf_cert = leaf
+            .signed_by(&key, &ca_cert, &ca_key)
+            .expect("server certificate");
+        Self {
+            ca_pem: ca_cert.pem(),
+            cert: leaf_cert.der().clone(),
+            key: rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        }
+    }
+
+    /// Serves `app` over HTTPS on 127.0.0.1 with the leaf certificate; connections whose handshake fails are
+    /// dropped.
+    pub async fn serve(&self, app: axum::Router) -> SocketAddr {
+        // ring is the only provider built in, so it is the one picked.
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![self.cert.clone()], self.key.clone_key())
+            .expect("server TLS config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let app = app.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
 }

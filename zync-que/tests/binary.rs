@@ -4,14 +4,11 @@
 
 mod common;
 
-use axum::Router;
 use common::*;
 use platform::testing::ServiceProcess;
-use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -106,74 +103,13 @@ async fn a_worker_killed_mid_job_is_replaced_and_the_job_finishes() {
     assert_eq!(app["state"], "in_sync", "{app}");
 }
 
-/// A test CA and a certificate it signed for 127.0.0.1: (CA PEM, server certificate DER, server key DER).
-fn test_pki() -> (
-    String,
-    rustls::pki_types::CertificateDer<'static>,
-    rustls::pki_types::PrivateKeyDer<'static>,
-) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "zync-que test CA");
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-
-    let key = KeyPair::generate().unwrap();
-    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
-    leaf.distinguished_name.push(DnType::CommonName, "idp");
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let leaf_cert = leaf.signed_by(&key, &ca_cert, &ca_key).unwrap();
-    (
-        ca_cert.pem(),
-        leaf_cert.der().clone(),
-        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    )
-}
-
-/// Serves `app` over HTTPS on 127.0.0.1; connections whose handshake fails are dropped.
-async fn serve_tls(
-    app: Router,
-    cert: rustls::pki_types::CertificateDer<'static>,
-    key: rustls::pki_types::PrivateKeyDer<'static>,
-) -> SocketAddr {
-    // ring is the only provider built in, so it is the one picked.
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert], key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            let app = app.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service = hyper_util::service::TowerToHyperService::new(app);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test]
 async fn https_to_the_idp_is_verified_and_ssl_cert_file_is_trusted() {
     let h = Harness::new("que_tls").await;
-    let (ca_pem, cert, key) = test_pki();
+    let pki = platform::testing::TestPki::new("zync-que test CA");
     let (state, app) = Idp::app();
-    let addr = serve_tls(app, cert, key).await;
+    let addr = pki.serve(app).await;
+    let ca_pem = pki.ca_pem.clone();
     let idp = Idp { state, addr };
     let issuer = format!("https://zync:s3cr%2Fet@127.0.0.1:{}/rest", addr.port());
     h.oidc_service(7, "rest", &issuer).await;
