@@ -156,12 +156,21 @@ impl Usage {
     }
 
     /// `usage%5Bhits%5D=2&...`, the form APIcast puts in cache keys and debug headers.
+    /// `usage%5Bhits%5D=2&...`, form-encoded as backend expects (built without intermediate strings: this is part of
+    /// every authorization cache key).
     pub fn encoded(&self) -> String {
-        let mut ser = form_urlencoded::Serializer::new(String::new());
-        for (metric, delta) in &self.0 {
-            ser.append_pair(&format!("usage[{metric}]"), &delta.to_string());
+        use std::fmt::Write;
+        let mut out = String::with_capacity(self.0.len() * 24);
+        for (i, (metric, delta)) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            out.push_str("usage%5B");
+            out.extend(form_urlencoded::byte_serialize(metric.as_bytes()));
+            out.push_str("%5D=");
+            let _ = write!(out, "{delta}");
         }
-        ser.finish()
+        out
     }
 }
 
@@ -190,6 +199,13 @@ pub fn usage_for<'a>(
 /// nginx's `$uri` re-escaped as APIcast's `escape_uri`: percent-decoded, `//` merged, dot segments resolved,
 /// then bytes outside the unreserved-and-sub-delims set escaped again.
 pub fn normalize_path(raw: &str) -> String {
+    if is_normal(raw) {
+        return raw.to_owned();
+    }
+    rebuild_path(raw)
+}
+
+fn rebuild_path(raw: &str) -> String {
     let decoded = percent_decode_str(raw).collect::<Vec<u8>>();
     let mut segments: Vec<&[u8]> = Vec::new();
     let trailing = decoded.ends_with(b"/") || decoded.ends_with(b"/.") || decoded.ends_with(b"/..");
@@ -213,32 +229,50 @@ pub fn normalize_path(raw: &str) -> String {
     out
 }
 
+/// Whether `raw` is already what [`normalize_path`] would make of it (the usual case): rooted, nothing escaped or to
+/// escape, no empty or dot segments.
+fn is_normal(raw: &str) -> bool {
+    raw.starts_with('/')
+        && !raw.contains("//")
+        && raw.bytes().all(|b| b == b'/' || kept(b))
+        && raw
+            .split('/')
+            .all(|segment| segment != "." && segment != "..")
+}
+
+/// Bytes APIcast's `escape_uri` leaves as they are.
+fn kept(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+        )
+}
+
 fn escape_into(bytes: &[u8], out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in bytes {
-        let keep = b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b':'
-                    | b'@'
-            );
-        if keep {
+        if kept(b) {
             out.push(b as char);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 0xF)] as char);
         }
     }
 }
@@ -317,6 +351,15 @@ mod tests {
         assert_eq!(u.0["hits"], 5);
         assert!(!u.0.contains_key("zero"));
         assert_eq!(u.encoded(), "usage%5Bhits%5D=5");
+        let several = Usage(BTreeMap::from([
+            ("hits".to_owned(), 2),
+            ("a b&c".to_owned(), 10),
+        ]));
+        assert_eq!(
+            several.encoded(),
+            "usage%5Ba+b%26c%5D=10&usage%5Bhits%5D=2",
+            "form-encoded as form_urlencoded's serializer would"
+        );
     }
 
     #[test]
@@ -326,6 +369,41 @@ mod tests {
         assert_eq!(normalize_path("/a%2Fb"), "/a/b");
         assert_eq!(normalize_path(""), "/");
         assert_eq!(normalize_path("/../.."), "/");
+        // Already normal paths come back as they are (the fast path), others are rebuilt.
+        for same in ["/", "/bench/42", "/a/", "/v1/x.json", "/a:b@c/d;e=f"] {
+            assert_eq!(normalize_path(same), same);
+        }
+        assert_eq!(normalize_path("/a/."), "/a/");
+        assert_eq!(normalize_path("/a/.."), "/");
+        assert_eq!(normalize_path("a/b"), "/a/b");
+        assert_eq!(normalize_path("/a b"), "/a%20b");
+        assert_eq!(normalize_path("/caf\u{e9}"), "/caf%C3%A9");
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_rebuilding_on_every_short_path() {
+        let alphabet = ['/', '.', 'a', '%', ' ', '2'];
+        let mut paths = vec![String::new()];
+        for _ in 0..6 {
+            let longer: Vec<String> = paths
+                .iter()
+                .flat_map(|p| alphabet.iter().map(move |c| format!("{p}{c}")))
+                .collect();
+            paths.extend(longer);
+            paths.dedup();
+        }
+        let mut normal = 0;
+        for path in &paths {
+            if is_normal(path) {
+                normal += 1;
+                assert_eq!(rebuild_path(path), *path, "{path:?}");
+            }
+        }
+        assert!(
+            normal > 1000,
+            "only {normal} of {} paths took the fast path",
+            paths.len()
+        );
         let rules = [rule("GET", "/foo%20/bar/", "hits", 1, false)];
         assert_eq!(usage(&rules, "GET", "/foo%20/bar/").0["hits"], 1);
     }

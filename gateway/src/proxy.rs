@@ -136,21 +136,18 @@ fn request_host(req: &Request) -> String {
     let raw = req
         .uri()
         .host()
-        .map(str::to_owned)
         .or_else(|| {
             req.headers()
                 .get(header::HOST)
                 .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
         })
         .unwrap_or_default();
-    let host = if raw.starts_with('[') {
-        raw.split(']')
-            .next()
-            .map(|h| format!("{h}]"))
-            .unwrap_or(raw)
-    } else {
-        raw.split(':').next().unwrap_or("").to_owned()
+    let host = match raw.strip_prefix('[') {
+        // An IPv6 literal keeps its brackets and loses the port after them.
+        Some(inner) => inner
+            .split_once(']')
+            .map_or(raw, |(address, _)| &raw[..address.len() + 2]),
+        None => raw.split(':').next().unwrap_or(""),
     };
     host.to_ascii_lowercase()
 }
@@ -803,6 +800,32 @@ mod tests {
         assert_eq!(target(&root, "/x/y?q"), "/x/y?q");
         let with_query = url::Url::parse("http://up/p?fixed=1").unwrap();
         assert_eq!(target(&with_query, "/x?client=2"), "/p/x?fixed=1");
+    }
+
+    #[test]
+    fn hosts_are_lower_cased_without_port() {
+        let host = |value: &str| {
+            let req = Request::builder()
+                .uri("/x")
+                .header(header::HOST, value)
+                .body(Body::empty())
+                .unwrap();
+            request_host(&req)
+        };
+        assert_eq!(host("API.Example.com:8080"), "api.example.com");
+        assert_eq!(host("api.example.com"), "api.example.com");
+        assert_eq!(host("[::1]:8080"), "[::1]");
+        assert_eq!(host("[::1]"), "[::1]");
+        let absolute = Request::builder()
+            .uri("http://Line.Example:81/x")
+            .header(header::HOST, "header.example")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(
+            request_host(&absolute),
+            "line.example",
+            "the request line wins"
+        );
     }
 
     #[test]
