@@ -411,7 +411,72 @@ struct PendingTx {
     usage: BTreeMap<String, i64>,
 }
 
-type Pending = HashMap<ReportTarget, HashMap<Vec<(&'static str, String)>, BTreeMap<String, i64>>>;
+/// Adds one request's usage to an application's queued sums.
+fn add_usage(sums: &mut BTreeMap<String, i64>, usage: &Usage) {
+    for (metric, delta) in &usage.0 {
+        match sums.get_mut(metric.as_str()) {
+            Some(sum) => *sum += delta,
+            None => {
+                sums.insert(metric.clone(), *delta);
+            }
+        }
+    }
+}
+
+/// Usage per application of one report target.
+type Apps = HashMap<Vec<(&'static str, String)>, BTreeMap<String, i64>>;
+
+/// The queue: by service id (a lookup without building a key), then by target (a service's endpoint or credentials
+/// may change with a new configuration while its old usage is still queued). `apps` counts the queued applications.
+#[derive(Default)]
+struct Pending {
+    by_service: HashMap<String, Vec<(ReportTarget, Apps)>>,
+    apps: usize,
+}
+
+impl Pending {
+    /// The applications queued for `service`'s target, created empty when there are none.
+    fn apps_of(&mut self, service: &Service) -> &mut Apps {
+        if !self.by_service.contains_key(service.id.as_str()) {
+            self.by_service.insert(service.id.clone(), Vec::new());
+        }
+        let targets = self
+            .by_service
+            .get_mut(service.id.as_str())
+            .expect("inserted above");
+        let index = match targets.iter().position(|(t, _)| t.is_of(service)) {
+            Some(index) => index,
+            None => {
+                targets.push((ReportTarget::of(service), Apps::new()));
+                targets.len() - 1
+            }
+        };
+        &mut targets[index].1
+    }
+
+    fn apps_of_target(&mut self, target: &ReportTarget) -> &mut Apps {
+        let targets = self
+            .by_service
+            .entry(target.service_id.clone())
+            .or_default();
+        let index = match targets.iter().position(|(t, _)| t == target) {
+            Some(index) => index,
+            None => {
+                targets.push((target.clone(), Apps::new()));
+                targets.len() - 1
+            }
+        };
+        &mut targets[index].1
+    }
+
+    fn take(&mut self) -> Vec<(ReportTarget, Apps)> {
+        self.apps = 0;
+        std::mem::take(&mut self.by_service)
+            .into_values()
+            .flatten()
+            .collect()
+    }
+}
 
 /// Usage of requests authorized from the cache, summed per application and sent in batches off the request path.
 /// Failed batches are merged back and retried on the next flush.
@@ -439,36 +504,29 @@ impl Reporter {
         usage: &Usage,
     ) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let size: usize = pending.values().map(HashMap::len).sum();
-        // The common case (the target and the application already queued) allocates nothing.
-        if !pending.keys().any(|t| t.is_of(service)) {
-            pending.insert(ReportTarget::of(service), HashMap::new());
-        }
-        let Some(per_target) = pending
-            .iter_mut()
-            .find_map(|(t, apps)| t.is_of(service).then_some(apps))
-        else {
-            return;
-        };
-        if size >= self.max_pending && !per_target.contains_key(&credentials) {
-            metrics::counter!("gateway_reports_dropped_total").increment(1);
-            tracing::error!(service_id = %service.id, "report queue full: usage dropped");
-            return;
-        }
-        let sums = per_target.entry(credentials).or_default();
-        for (metric, delta) in &usage.0 {
-            match sums.get_mut(metric.as_str()) {
-                Some(sum) => *sum += delta,
-                None => {
-                    sums.insert(metric.clone(), *delta);
-                }
+        let full = pending.apps >= self.max_pending;
+        let apps = pending.apps_of(service);
+        match apps.get_mut(&credentials) {
+            Some(sums) => add_usage(sums, usage),
+            None if full => {
+                drop(pending);
+                metrics::counter!("gateway_reports_dropped_total").increment(1);
+                tracing::error!(service_id = %service.id, "report queue full: usage dropped");
+            }
+            None => {
+                add_usage(apps.entry(credentials).or_default(), usage);
+                pending.apps += 1;
             }
         }
     }
 
     /// Sends everything queued; what fails goes back into the queue.
     pub async fn flush(&self) {
-        let taken = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        let taken = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         for (target, apps) in taken {
             let txs: Vec<PendingTx> = apps
                 .into_iter()
@@ -493,9 +551,11 @@ impl Reporter {
         let target = ReportTarget::of(service);
         let usage = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            pending
-                .get_mut(&target)
-                .and_then(|apps| apps.remove(credentials))
+            let removed = pending.apps_of_target(&target).remove(credentials);
+            if removed.is_some() {
+                pending.apps -= 1;
+            }
+            removed
         };
         let Some(usage) = usage else { return true };
         let tx = [PendingTx {
@@ -512,13 +572,18 @@ impl Reporter {
     /// Merges usage that failed to send back into the queue.
     fn requeue(&self, target: &ReportTarget, txs: &[PendingTx]) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let per_target = pending.entry(target.clone()).or_default();
+        let mut added = 0;
+        let apps = pending.apps_of_target(target);
         for tx in txs {
-            let sums = per_target.entry(tx.credentials.clone()).or_default();
+            let sums = apps.entry(tx.credentials.clone()).or_insert_with(|| {
+                added += 1;
+                BTreeMap::new()
+            });
             for (metric, delta) in &tx.usage {
                 *sums.entry(metric.clone()).or_default() += delta;
             }
         }
+        pending.apps += added;
     }
 
     /// Flushes every `interval` until shutdown, then once more.
@@ -678,6 +743,70 @@ mod tests {
             cache.lookup("k", CachingMode::Strict),
             Lookup::Miss
         ));
+    }
+
+    fn services(endpoint: &str) -> Vec<Arc<Service>> {
+        let service = |id: u32| {
+            serde_json::json!({
+                "id": id, "backend_version": 1,
+                "proxy": {"hosts": [format!("s{id}.test")], "api_backend": "http://up.test",
+                    "backend": {"endpoint": endpoint},
+                    "proxy_rules": [{"http_method": "GET", "pattern": "/", "metric_system_name": "hits", "delta": 1}]}
+            })
+        };
+        let doc = serde_json::json!({"services": [service(1), service(2)]});
+        crate::apicast::compile(doc, &Default::default())
+            .unwrap()
+            .services
+    }
+
+    fn queued(reporter: &Reporter) -> (usize, Vec<(String, usize)>) {
+        let pending = reporter.pending.lock().unwrap();
+        let mut per_service: Vec<(String, usize)> = pending
+            .by_service
+            .iter()
+            .map(|(id, targets)| (id.clone(), targets.iter().map(|(_, a)| a.len()).sum()))
+            .collect();
+        per_service.sort();
+        (pending.apps, per_service)
+    }
+
+    #[tokio::test]
+    async fn the_report_queue_sums_per_application_and_stays_bounded() {
+        // Nothing listens on port 9 of localhost: every report fails and its usage goes back into the queue.
+        let reporter = Reporter::new(BackendClient::new(Duration::from_secs(2), "production"), 3);
+        let services = services("http://127.0.0.1:9");
+        let usage = Usage(BTreeMap::from([("hits".to_owned(), 2)]));
+        let app = |key: &str| vec![("user_key", key.to_owned())];
+        reporter.enqueue(&services[0], app("a"), &usage);
+        reporter.enqueue(&services[0], app("a"), &usage);
+        reporter.enqueue(&services[0], app("b"), &usage);
+        reporter.enqueue(&services[1], app("a"), &usage);
+        assert_eq!(
+            queued(&reporter),
+            (3, vec![("1".into(), 2), ("2".into(), 1)])
+        );
+        // Full: a new application is dropped, a queued one still adds up.
+        reporter.enqueue(&services[1], app("c"), &usage);
+        reporter.enqueue(&services[1], app("a"), &usage);
+        assert_eq!(
+            queued(&reporter),
+            (3, vec![("1".into(), 2), ("2".into(), 1)])
+        );
+        {
+            let pending = reporter.pending.lock().unwrap();
+            let sums = &pending.by_service["1"][0].1[&app("a")];
+            assert_eq!(sums["hits"], 4);
+            assert_eq!(pending.by_service["2"][0].1[&app("a")]["hits"], 4);
+        }
+        // A report that fails keeps the usage and the count.
+        assert!(!reporter.flush_for(&services[0], &app("a")).await);
+        assert_eq!(
+            queued(&reporter),
+            (3, vec![("1".into(), 2), ("2".into(), 1)])
+        );
+        reporter.flush().await;
+        assert_eq!(queued(&reporter).0, 3, "failed batches are requeued");
     }
 
     #[test]
