@@ -385,11 +385,13 @@ async fn serve_proxy(ctx: &Context, config: &Config, state: AppState) -> anyhow:
             })?;
         finished.push(result);
     }
-    for result in finished {
+    // The first thread to fail (or die) stops the gateway, whichever it is.
+    futures::future::try_join_all(finished.into_iter().map(|result| async move {
         result
             .await
-            .map_err(|_| anyhow::anyhow!("a proxy thread stopped unexpectedly"))??;
-    }
+            .map_err(|_| anyhow::anyhow!("a proxy thread stopped unexpectedly"))?
+    }))
+    .await?;
     Ok(())
 }
 
