@@ -437,36 +437,57 @@ struct Pending {
 impl Pending {
     /// The applications queued for `service`'s target, created empty when there are none.
     fn apps_of(&mut self, service: &Service) -> &mut Apps {
-        if !self.by_service.contains_key(service.id.as_str()) {
-            self.by_service.insert(service.id.clone(), Vec::new());
+        self.apps_where(
+            &service.id,
+            |t| t.is_of(service),
+            || ReportTarget::of(service),
+        )
+    }
+
+    /// The applications queued for `target`, created empty when there are none.
+    fn apps_of_target(&mut self, target: &ReportTarget) -> &mut Apps {
+        self.apps_where(&target.service_id, |t| t == target, || target.clone())
+    }
+
+    /// Finds the target of `service_id` that `matches`, or adds the one `make` builds. The service id is only
+    /// copied when the service has nothing queued yet.
+    fn apps_where(
+        &mut self,
+        service_id: &str,
+        matches: impl Fn(&ReportTarget) -> bool,
+        make: impl FnOnce() -> ReportTarget,
+    ) -> &mut Apps {
+        if !self.by_service.contains_key(service_id) {
+            self.by_service.insert(service_id.to_owned(), Vec::new());
         }
-        let targets = self
-            .by_service
-            .get_mut(service.id.as_str())
-            .expect("inserted above");
-        let index = match targets.iter().position(|(t, _)| t.is_of(service)) {
+        let targets = self.by_service.get_mut(service_id).expect("inserted above");
+        let index = match targets.iter().position(|(t, _)| matches(t)) {
             Some(index) => index,
             None => {
-                targets.push((ReportTarget::of(service), Apps::new()));
+                targets.push((make(), Apps::new()));
                 targets.len() - 1
             }
         };
         &mut targets[index].1
     }
 
-    fn apps_of_target(&mut self, target: &ReportTarget) -> &mut Apps {
-        let targets = self
+    /// Takes what is queued for one application of `service`, without creating anything when nothing is.
+    fn remove(
+        &mut self,
+        service: &Service,
+        credentials: &[(&'static str, String)],
+    ) -> Option<BTreeMap<String, i64>> {
+        let removed = self
             .by_service
-            .entry(target.service_id.clone())
-            .or_default();
-        let index = match targets.iter().position(|(t, _)| t == target) {
-            Some(index) => index,
-            None => {
-                targets.push((target.clone(), Apps::new()));
-                targets.len() - 1
-            }
-        };
-        &mut targets[index].1
+            .get_mut(service.id.as_str())?
+            .iter_mut()
+            .find(|(t, _)| t.is_of(service))?
+            .1
+            .remove(credentials);
+        if removed.is_some() {
+            self.apps -= 1;
+        }
+        removed
     }
 
     fn take(&mut self) -> Vec<(ReportTarget, Apps)> {
@@ -548,16 +569,13 @@ impl Reporter {
         service: &Service,
         credentials: &[(&'static str, String)],
     ) -> bool {
-        let target = ReportTarget::of(service);
-        let usage = {
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            let removed = pending.apps_of_target(&target).remove(credentials);
-            if removed.is_some() {
-                pending.apps -= 1;
-            }
-            removed
-        };
+        let usage = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(service, credentials);
         let Some(usage) = usage else { return true };
+        let target = ReportTarget::of(service);
         let tx = [PendingTx {
             credentials: credentials.to_vec(),
             usage,

@@ -457,7 +457,8 @@ async fn proxy_worker(
                 let worker = worker.clone();
                 async move {
                     Ok::<_, std::convert::Infallible>(
-                        proxy::serve_request(&worker, peer, req.map(axum::body::Body::new)).await,
+                        proxy::serve_request(&worker, Some(peer), req.map(axum::body::Body::new))
+                            .await,
                     )
                 }
             });

@@ -49,9 +49,7 @@ impl std::ops::Deref for Worker {
 
 /// The proxy as an axum router (for tests and embedding); the gateway binary serves [`serve_request`] directly.
 pub fn router(worker: Worker) -> Router {
-    Router::new().fallback(routed).with_state(worker).layer(
-        tower_http::catch_panic::CatchPanicLayer::custom(platform::http::panic_response),
-    )
+    Router::new().fallback(routed).with_state(worker)
 }
 
 async fn routed(State(state): State<Worker>, req: Request) -> Response {
@@ -59,13 +57,13 @@ async fn routed(State(state): State<Worker>, req: Request) -> Response {
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(peer)| peer.ip());
-    handle(&state, peer, req).await
+    serve_request(&state, peer, req).await
 }
 
-/// One proxied request, as the worker's HTTP/1.1 connections hand it over; a panic becomes a 500.
-pub async fn serve_request(worker: &Worker, peer: IpAddr, req: Request) -> Response {
+/// One proxied request, from the worker's HTTP/1.1 connections or the router; a panic becomes a 500.
+pub async fn serve_request(worker: &Worker, peer: Option<IpAddr>, req: Request) -> Response {
     use futures::FutureExt;
-    std::panic::AssertUnwindSafe(handle(worker, Some(peer), req))
+    std::panic::AssertUnwindSafe(handle(worker, peer, req))
         .catch_unwind()
         .await
         .unwrap_or_else(platform::http::panic_response)

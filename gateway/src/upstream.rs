@@ -57,22 +57,12 @@ impl Upstream {
     pub async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
         match tokio::time::timeout(self.timeout, self.client.request(request)).await {
             Err(_) => Err(UpstreamError::Timeout),
-            Ok(Err(err)) => Err(UpstreamError::Failed(describe(&err))),
+            Ok(Err(err)) => Err(UpstreamError::Failed(platform::telemetry::error_chain(
+                &err,
+            ))),
             Ok(Ok(response)) => Ok(response),
         }
     }
-}
-
-/// The error and its causes on one line (hyper's top-level message alone says little).
-fn describe(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// An upstream's scheme and authority, parsed once per configuration rather than per request.

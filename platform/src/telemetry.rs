@@ -37,3 +37,53 @@ pub fn init(service: &'static str, config: &TelemetryConfig) {
         tracing::info!(service, version = env!("CARGO_PKG_VERSION"), "starting");
     }
 }
+
+/// An error and its causes on one line, for logs and stored error records: the outer message of an HTTP client's
+/// error often says only "error sending request", the useful part (a refused certificate or connection) is in its
+/// causes. A cause whose text the line already holds is not repeated.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{text}")]
+    struct Layer {
+        text: &'static str,
+        #[source]
+        cause: Option<Box<Layer>>,
+    }
+
+    #[test]
+    fn causes_are_joined_once_each() {
+        let inner = Layer {
+            text: "certificate unknown",
+            cause: None,
+        };
+        let middle = Layer {
+            text: "tls handshake",
+            cause: Some(Box::new(inner)),
+        };
+        let outer = Layer {
+            text: "error sending request: tls handshake",
+            cause: Some(Box::new(middle)),
+        };
+        assert_eq!(
+            error_chain(&outer),
+            "error sending request: tls handshake: certificate unknown"
+        );
+    }
+}

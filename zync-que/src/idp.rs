@@ -585,18 +585,7 @@ impl Reply {
 /// A transport error with its causes, which carry the useful part (a refused certificate, a refused connection):
 /// reqwest's own text says only "error sending request". The URL is left out; callers name it without credentials.
 pub fn describe(err: reqwest::Error) -> String {
-    let err = err.without_url();
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        let part = cause.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = cause.source();
-    }
-    text
+    platform::telemetry::error_chain(&err.without_url())
 }
 
 /// A short excerpt of an IdP's answer for the error record: `error`/`error_description` when it is JSON, else the
