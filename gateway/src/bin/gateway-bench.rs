@@ -103,6 +103,13 @@ struct Target {
     pids: Vec<u32>,
 }
 
+impl Target {
+    /// The extra header as name and value, for clients other than wrk.
+    fn header_pair(&self) -> Option<(&str, &str)> {
+        self.header.as_deref().and_then(|h| h.split_once(": "))
+    }
+}
+
 async fn wrk(
     target: &Target,
     threads: usize,
@@ -285,7 +292,7 @@ async fn fixed_rate(target: &Target, rate: u64, seconds: u64) -> anyhow::Result<
     while let Some(scheduled) = scheduled_rx.recv().await {
         let client = client.clone();
         let mut request = http::Request::get(uri.clone()).header("host", target.host);
-        if let Some((name, value)) = target.header.as_deref().and_then(|h| h.split_once(": ")) {
+        if let Some((name, value)) = target.header_pair() {
             request = request.header(name, value);
         }
         let request = request.body(http_body_util::Empty::new())?;
@@ -566,7 +573,7 @@ async fn main() -> anyhow::Result<()> {
     ];
     for t in &targets {
         let mut request = client.get(&t.url).header("host", t.host);
-        if let Some((name, value)) = t.header.as_deref().and_then(|h| h.split_once(": ")) {
+        if let Some((name, value)) = t.header_pair() {
             request = request.header(name, value);
         }
         let r = request.send().await?;
