@@ -4,6 +4,7 @@
 pub mod apicast;
 pub mod backend;
 pub mod credentials;
+pub mod http1;
 pub mod management;
 pub mod mapping;
 pub mod oidc;
@@ -14,7 +15,6 @@ pub mod store;
 pub mod upstream;
 
 use apicast::{CachingMode, CompileOptions};
-use axum::Router;
 use platform::{Context, EnvReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -341,11 +341,6 @@ impl AppState {
     }
 }
 
-/// The proxy's router: what API consumers reach. Its upstream connections are driven by the runtime that serves it.
-pub fn router(state: AppState) -> Router {
-    proxy::router(proxy::Worker::new(state))
-}
-
 /// Runs the proxy and management listeners until shutdown is requested.
 pub async fn start(config: Config, ctx: Context) -> anyhow::Result<()> {
     let state = AppState::new(config.clone());
@@ -418,23 +413,33 @@ fn bind_shared(addr: SocketAddr, count: usize) -> anyhow::Result<Vec<std::net::T
     Ok(listeners)
 }
 
-/// One proxy thread: accepts on its socket and serves each connection with hyper's HTTP/1.1 server (no router: every
-/// request goes to the proxy). On shutdown it stops accepting, lets requests in flight finish for up to the drain
-/// time, then closes what is left.
+/// A client has this long to send a request's head, keep-alive idle time included (slow-header attacks hold no
+/// connection longer).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One proxy thread: accepts on its socket until shutdown.
 async fn proxy_worker(
     listener: std::net::TcpListener,
     state: AppState,
     shutdown: platform::Shutdown,
     drain: Duration,
 ) -> anyhow::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
     let listener = tokio::net::TcpListener::from_std(listener)?;
+    serve_proxy_on(listener, state, shutdown, drain).await
+}
+
+/// Serves the proxy on `listener` with the gateway's own HTTP/1.1 server (every request goes to the proxy, with no
+/// router in between). On shutdown it stops accepting and closes idle connections; requests in flight get up to
+/// `drain` to finish. The gateway runs one per proxy thread; tests run one on their own runtime.
+pub async fn serve_proxy_on(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: platform::Shutdown,
+    drain: Duration,
+) -> anyhow::Result<()> {
     let worker = proxy::Worker::new(state);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    // A client has 30 s to send a request's head (slow-header attacks hold no connection longer).
-    http.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+    let life = Arc::new(http1::server::Lifecycle::default());
+    let connections = tokio_util::task::TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -451,29 +456,25 @@ async fn proxy_worker(
         // A proxy writes small answers as soon as they are ready; Nagle's algorithm would hold them for ACKs.
         let _ = stream.set_nodelay(true);
         let worker = worker.clone();
-        let peer = peer.ip();
-        let service =
-            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let worker = worker.clone();
-                async move {
-                    Ok::<_, std::convert::Infallible>(
-                        proxy::serve_request(&worker, Some(peer), req.map(axum::body::Body::new))
-                            .await,
-                    )
-                }
-            });
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(error = %err, "client connection ended with an error");
-            }
-        });
+        let peer = Some(peer.ip());
+        let handler = move |req| {
+            let worker = worker.clone();
+            async move { proxy::serve_request(&worker, peer, req).await }
+        };
+        connections.spawn(http1::server::serve_connection(
+            stream,
+            handler,
+            life.clone(),
+            HEADER_TIMEOUT,
+        ));
     }
     // Closing the socket now makes new connections fail at once (the kernel would otherwise keep queueing them).
     drop(listener);
+    life.close();
+    connections.close();
     tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(drain) => {
+        () = connections.wait() => {}
+        () = tokio::time::sleep(drain) => {
             tracing::warn!(drain_secs = drain.as_secs_f64(), "drain time over, closing remaining connections");
         }
     }

@@ -9,12 +9,11 @@ use crate::policies;
 use crate::upstream::{Origin, Upstream, UpstreamError};
 use crate::AppState;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Router;
 use http_body_util::BodyExt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,20 +46,7 @@ impl std::ops::Deref for Worker {
     }
 }
 
-/// The proxy as an axum router (for tests and embedding); the gateway binary serves [`serve_request`] directly.
-pub fn router(worker: Worker) -> Router {
-    Router::new().fallback(routed).with_state(worker)
-}
-
-async fn routed(State(state): State<Worker>, req: Request) -> Response {
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(peer)| peer.ip());
-    serve_request(&state, peer, req).await
-}
-
-/// One proxied request, from the worker's HTTP/1.1 connections or the router; a panic becomes a 500.
+/// One proxied request, from a worker's HTTP/1.1 connections; a panic becomes a 500.
 pub async fn serve_request(worker: &Worker, peer: Option<IpAddr>, req: Request) -> Response {
     use futures::FutureExt;
     std::panic::AssertUnwindSafe(handle(worker, peer, req))
@@ -380,9 +366,8 @@ async fn serve(
             (None, Some(url), Some(origin)) => (url, origin),
             _ => return empty(StatusCode::NOT_FOUND),
         };
-    let Some(uri) = upstream_uri(
+    let Some(request_target) = upstream_request_target(
         upstream_base,
-        origin,
         target.path.as_deref().unwrap_or(parts.uri.path()),
         target.query.as_deref(),
     ) else {
@@ -395,7 +380,7 @@ async fn serve(
         origin,
         policy_host,
         target.peer,
-        uri,
+        &request_target,
         parts,
         body,
     )
@@ -682,26 +667,34 @@ pub fn upstream_target(api_backend: &url::Url, request_path: &str, query: Option
     target
 }
 
-/// The upstream URI. A path rewritten by a policy may hold bytes a URI cannot: those are percent-encoded.
-fn upstream_uri(
+/// The upstream request target (path and query). A path rewritten by a policy may hold bytes a request line
+/// cannot: those are percent-encoded.
+fn upstream_request_target(
     api_backend: &url::Url,
-    origin: &Origin,
     request_path: &str,
     query: Option<&str>,
-) -> Option<http::Uri> {
+) -> Option<String> {
     let target = upstream_target(api_backend, request_path, query);
-    origin.uri(&target).or_else(|| {
-        let (path, query) = target
-            .split_once('?')
-            .map_or((target.as_str(), None), |(p, q)| (p, Some(q)));
-        let mut url = api_backend.clone();
-        url.set_path(path);
-        url.set_query(query);
-        origin.uri(&url[url::Position::BeforePath..])
-    })
+    if target
+        .bytes()
+        .all(|b| (0x21..0x7f).contains(&b) && b != b'#')
+    {
+        return Some(target);
+    }
+    let (path, query) = target
+        .split_once('?')
+        .map_or((target.as_str(), None), |(p, q)| (p, Some(q)));
+    let mut url = api_backend.clone();
+    url.set_path(path);
+    url.set_query(query);
+    let encoded = &url[url::Position::BeforePath..];
+    encoded
+        .bytes()
+        .all(|b| (0x21..0x7f).contains(&b) && b != b'#')
+        .then(|| encoded.to_owned())
 }
 
-/// Sends the request to `uri` and streams the answer back. `policy_host`: the `upstream` policy chose the
+/// Sends the request for `request_target` to `origin` and streams the answer back. `policy_host`: the `upstream` policy chose the
 /// target, so `Host` is the target's even when the service has `hostname_rewrite`.
 #[allow(clippy::too_many_arguments)]
 async fn forward(
@@ -710,7 +703,7 @@ async fn forward(
     origin: &Origin,
     policy_host: bool,
     peer: Option<IpAddr>,
-    uri: http::Uri,
+    request_target: &str,
     parts: http::request::Parts,
     body: Body,
 ) -> Response {
@@ -719,8 +712,7 @@ async fn forward(
         mut headers,
         ..
     } = parts;
-    let has_body = headers.contains_key(header::CONTENT_LENGTH)
-        || headers.contains_key(header::TRANSFER_ENCODING);
+    let has_body = !http_body::Body::is_end_stream(&body);
     strip_hop_by_hop(&mut headers, Some(&DEBUG_HEADER));
     let host = match service.hostname_rewrite.as_ref().filter(|_| !policy_host) {
         Some(h) => HeaderValue::from_str(h).ok(),
@@ -744,18 +736,14 @@ async fn forward(
             headers.insert("x-3scale-proxy-secret-token", v);
         }
     }
-    // A cheap clone (shared bytes) kept for the failure log lines below.
-    let rid_header = headers.get(&platform::http::REQUEST_ID).cloned();
-    let rid = rid_header
-        .as_ref()
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let mut request = http::Request::new(if has_body { body } else { Body::empty() });
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.headers_mut() = headers;
+    let rid = request_id(&headers);
     let started = Instant::now();
-    let result = state.0.upstream.send(request).await;
+    let body = if has_body { body } else { Body::empty() };
+    let result = state
+        .0
+        .upstream
+        .send(origin, &method, request_target, &headers, body)
+        .await;
     state
         .metrics
         .upstream_time
@@ -778,7 +766,7 @@ async fn forward(
         .upstream_status(upstream.status().as_u16())
         .increment(1);
     strip_hop_by_hop(upstream.headers_mut(), None);
-    upstream.map(Body::new)
+    upstream
 }
 
 #[cfg(test)]
@@ -852,8 +840,11 @@ mod tests {
     #[test]
     fn rewritten_paths_with_spaces_are_encoded() {
         let base = url::Url::parse("http://up:8080/foo").unwrap();
-        let origin = Origin::of(&base).unwrap();
-        let uri = upstream_uri(&base, &origin, "/a b", Some("q=1")).unwrap();
-        assert_eq!(uri.to_string(), "http://up:8080/foo/a%20b?q=1");
+        let target = upstream_request_target(&base, "/a b", Some("q=1")).unwrap();
+        assert_eq!(target, "/foo/a%20b?q=1");
+        assert_eq!(
+            upstream_request_target(&base, "/plain", None).unwrap(),
+            "/foo/plain"
+        );
     }
 }

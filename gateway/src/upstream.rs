@@ -1,15 +1,26 @@
-//! The client for upstream APIs: hyper's pooled HTTP/1.1 client (plain or TLS), with the request and answer bodies
-//! passed through as they are, without the per-request work a general-purpose client (reqwest) does.
+//! The client for upstream APIs: HTTP/1.1 over pooled keep-alive connections (plain or TLS), driven by the request's
+//! own task (no connection task, no channel per request), with request and answer bodies streamed through.
 
+use crate::http1::codec::{self, BodyDecoder, Framing};
 use axum::body::Body;
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri};
-use hyper::body::Incoming;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use std::time::Duration;
+use bytes::{Buf as _, Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, Method, Response, StatusCode};
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::BodyExt;
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Largest answer head accepted from an upstream.
+const MAX_ANSWER_HEAD: usize = 64 * 1024;
+/// A body frame this small is copied next to the head so both leave in one write.
+const COALESCE: usize = 16 * 1024;
 
 /// Why an upstream call failed, for the 502/504 answers.
 #[derive(Debug, thiserror::Error)]
@@ -20,65 +31,28 @@ pub enum UpstreamError {
     Failed(String),
 }
 
-/// Pooled connections to every upstream; cheap to clone.
-#[derive(Clone)]
-pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Body>,
-    timeout: Duration,
-}
-
-impl Upstream {
-    /// `timeout` bounds the wait for the answer's head (the body then streams at the client's pace).
-    pub fn new(connect_timeout: Duration, timeout: Duration) -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(connect_timeout));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        // Trust the system's roots (SSL_CERT_FILE / SSL_CERT_DIR honoured), else Mozilla's bundled ones.
-        let https = match HttpsConnectorBuilder::new().with_native_roots() {
-            Ok(builder) => builder,
-            Err(err) => {
-                tracing::warn!(error = %err, "no system CA certificates; using the bundled Mozilla roots");
-                HttpsConnectorBuilder::new().with_webpki_roots()
-            }
-        }
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
-            .build(https);
-        Self { client, timeout }
-    }
-
-    /// Sends `request` and waits for the answer's head.
-    pub async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
-            Err(_) => Err(UpstreamError::Timeout),
-            Ok(Err(err)) => Err(UpstreamError::Failed(platform::telemetry::error_chain(
-                &err,
-            ))),
-            Ok(Ok(response)) => Ok(response),
-        }
-    }
+fn failed(what: &str, err: impl std::fmt::Display) -> UpstreamError {
+    UpstreamError::Failed(format!("{what}: {err}"))
 }
 
 /// An upstream's scheme and authority, parsed once per configuration rather than per request.
 #[derive(Debug, Clone)]
 pub struct Origin {
-    scheme: Scheme,
-    authority: Authority,
+    tls: bool,
+    /// The host to connect to and to name in TLS (IPv6 literals without brackets).
+    connect_host: String,
+    port: u16,
+    /// Pool key: scheme, host and port.
+    key: Arc<str>,
     /// The `Host` header sent when the service does not rewrite it: the authority as written in `api_backend`.
     pub host: http::HeaderValue,
 }
 
 impl Origin {
     pub fn of(url: &url::Url) -> Option<Self> {
-        let scheme = match url.scheme() {
-            "http" => Scheme::HTTP,
-            "https" => Scheme::HTTPS,
+        let tls = match url.scheme() {
+            "http" => false,
+            "https" => true,
             _ => return None,
         };
         let host = url.host_str()?;
@@ -86,21 +60,510 @@ impl Origin {
             Some(port) => format!("{host}:{port}"),
             None => host.to_owned(),
         };
+        let port = url.port_or_known_default()?;
+        let connect_host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         Some(Self {
-            scheme,
+            tls,
+            key: format!("{}://{connect_host}:{port}", url.scheme()).into(),
+            connect_host,
+            port,
             host: http::HeaderValue::from_str(&authority).ok()?,
-            authority: authority.parse().ok()?,
         })
     }
+}
 
-    /// The absolute URI of `path_and_query` on this origin, or `None` when the path has bytes a URI cannot hold.
-    pub fn uri(&self, path_and_query: &str) -> Option<Uri> {
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(PathAndQuery::try_from(path_and_query).ok()?)
-            .build()
-            .ok()
+/// A connection's byte stream.
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Io {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Io::Plain(tcp) => tcp,
+            Io::Tls(tls) => tls.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One connection to an upstream, with what was read from it but not used yet.
+struct Conn {
+    io: Io,
+    buf: BytesMut,
+    idle_since: Instant,
+}
+
+impl Conn {
+    /// An idle connection has nothing to say: readable means the upstream closed it (or broke the protocol).
+    fn is_stale(&self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        !self.buf.is_empty() || self.io.tcp().poll_read_ready(&mut cx).is_ready()
+    }
+}
+
+/// Idle connections by origin.
+struct Pool {
+    idle: Mutex<HashMap<Arc<str>, Vec<Conn>>>,
+    max_idle_per_origin: usize,
+    idle_timeout: Duration,
+}
+
+impl Pool {
+    fn take(&self, key: &str) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let conns = idle.get_mut(key)?;
+        while let Some(conn) = conns.pop() {
+            if conn.idle_since.elapsed() < self.idle_timeout && !conn.is_stale() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn put(&self, key: &Arc<str>, mut conn: Conn) {
+        conn.idle_since = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let conns = match idle.get_mut(&**key) {
+            Some(conns) => conns,
+            None => idle.entry(key.clone()).or_default(),
+        };
+        if conns.len() < self.max_idle_per_origin {
+            conns.push(conn);
+        }
+    }
+}
+
+/// Pooled connections to every upstream (one per proxy thread); cheap to clone.
+#[derive(Clone)]
+pub struct Upstream {
+    pool: Arc<Pool>,
+    connect_timeout: Duration,
+    timeout: Duration,
+}
+
+/// The TLS settings for every upstream: the system's roots (`SSL_CERT_FILE` / `SSL_CERT_DIR` honoured), else
+/// Mozilla's bundled ones. Loaded once, on the first TLS connection.
+fn tls_config() -> Arc<rustls::ClientConfig> {
+    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            let native = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(native.certs);
+            if added == 0 {
+                tracing::warn!("no system CA certificates; using the bundled Mozilla roots");
+                roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            }
+            // ring is the only provider built in, so it is the one `builder` picks.
+            let mut config = rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Arc::new(config)
+        })
+        .clone()
+}
+
+impl Upstream {
+    /// `timeout` bounds the wait for the answer's head (the body then streams at the client's pace).
+    pub fn new(connect_timeout: Duration, timeout: Duration) -> Self {
+        Self {
+            pool: Arc::new(Pool {
+                idle: Mutex::new(HashMap::new()),
+                max_idle_per_origin: 1024,
+                idle_timeout: Duration::from_secs(60),
+            }),
+            connect_timeout,
+            timeout,
+        }
+    }
+
+    async fn connect(&self, origin: &Origin) -> Result<Conn, UpstreamError> {
+        let connecting = async {
+            let tcp = TcpStream::connect((origin.connect_host.as_str(), origin.port))
+                .await
+                .map_err(|e| failed("connect", e))?;
+            let _ = tcp.set_nodelay(true);
+            let io = if origin.tls {
+                let name = rustls::pki_types::ServerName::try_from(origin.connect_host.clone())
+                    .map_err(|e| failed("TLS server name", e))?;
+                let tls = tokio_rustls::TlsConnector::from(tls_config())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| failed("TLS handshake", platform::telemetry::error_chain(&e)))?;
+                Io::Tls(Box::new(tls))
+            } else {
+                Io::Plain(tcp)
+            };
+            Ok(Conn {
+                io,
+                buf: BytesMut::new(),
+                idle_since: Instant::now(),
+            })
+        };
+        match tokio::time::timeout(self.connect_timeout, connecting).await {
+            Ok(result) => result,
+            Err(_) => Err(UpstreamError::Timeout),
+        }
+    }
+
+    /// Sends a request for `target` (path and query) and waits for the answer's head. `headers` are sent as they
+    /// are (with `Host`), except for the body's framing, which this client decides.
+    pub async fn send(
+        &self,
+        origin: &Origin,
+        method: &Method,
+        target: &str,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<Response<Body>, UpstreamError> {
+        match tokio::time::timeout(
+            self.timeout,
+            self.exchange(origin, method, target, headers, body),
+        )
+        .await
+        {
+            Err(_) => Err(UpstreamError::Timeout),
+            Ok(result) => result,
+        }
+    }
+
+    async fn exchange(
+        &self,
+        origin: &Origin,
+        method: &Method,
+        target: &str,
+        headers: &HeaderMap,
+        mut body: Body,
+    ) -> Result<Response<Body>, UpstreamError> {
+        let empty = body.is_end_stream();
+        let length = body.size_hint().exact();
+        let chunked = !empty && length.is_none();
+        let mut head = Vec::with_capacity(256);
+        head.extend_from_slice(method.as_str().as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(target.as_bytes());
+        head.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut framing_given = false;
+        for (name, value) in headers {
+            if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+                framing_given = true;
+                continue;
+            }
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        if chunked {
+            head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        } else if !empty || framing_given {
+            head.extend_from_slice(b"content-length: ");
+            codec::write_decimal(&mut head, length.unwrap_or(0));
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+        // A small body that is already here leaves with the head.
+        let mut pending: Option<Bytes> = None;
+        if !empty {
+            if let Poll::Ready(frame) =
+                std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await
+            {
+                match frame {
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            if chunked && !data.is_empty() {
+                                codec::write_chunk_size(&mut head, data.len());
+                                head.extend_from_slice(&data);
+                                head.extend_from_slice(b"\r\n");
+                            } else if data.len() <= COALESCE {
+                                head.extend_from_slice(&data);
+                            } else {
+                                pending = Some(data);
+                            }
+                        }
+                    }
+                    Some(Err(err)) => return Err(failed("request body", err)),
+                    None => {}
+                }
+            }
+        }
+        let complete = empty || body.is_end_stream() && pending.is_none();
+        if complete && chunked {
+            head.extend_from_slice(codec::LAST_CHUNK);
+        }
+        // Retrying is safe only when nothing of the request can have been acted on: a reused connection the
+        // upstream closed as we wrote (its keep-alive timeout), a request whose whole body is still ours, and a
+        // method that may be repeated.
+        let repeatable = complete
+            && matches!(
+                *method,
+                Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+            );
+        let head_request = *method == Method::HEAD;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (mut conn, reused) = match self.pool.take(&origin.key) {
+                Some(conn) => (conn, true),
+                None => (self.connect(origin).await?, false),
+            };
+            let retry = reused && repeatable && attempt == 1;
+            if let Err(err) = conn.io.write_all(&head).await {
+                if retry {
+                    continue;
+                }
+                return Err(failed("sending the request", err));
+            }
+            if !complete {
+                send_body(&mut conn.io, pending.take(), &mut body, chunked, length).await?;
+            }
+            if origin.tls {
+                conn.io
+                    .flush()
+                    .await
+                    .map_err(|e| failed("sending the request", e))?;
+            }
+            match read_head(&mut conn).await {
+                Ok(parts) => return self.answer(origin, conn, parts, head_request),
+                Err(ReadError::ClosedEarly) if retry => continue,
+                Err(ReadError::ClosedEarly) => {
+                    return Err(UpstreamError::Failed(
+                        "the upstream closed the connection without answering".into(),
+                    ))
+                }
+                Err(ReadError::Failed(err)) => return Err(err),
+            }
+        }
+    }
+
+    /// The answer with its body; the connection goes back to the pool once the body is read.
+    fn answer(
+        &self,
+        origin: &Origin,
+        conn: Conn,
+        parts: http::response::Parts,
+        head_request: bool,
+    ) -> Result<Response<Body>, UpstreamError> {
+        let framing = codec::response_framing(parts.status, head_request, &parts.headers)
+            .map_err(|e| failed("answer", e))?;
+        let keep =
+            framing != Framing::UntilClose && codec::keeps_alive(parts.version, &parts.headers);
+        let mut body = UpstreamBody {
+            conn: Some(conn),
+            decoder: BodyDecoder::new(framing),
+            pool: self.pool.clone(),
+            key: origin.key.clone(),
+            keep,
+        };
+        let body = if body.decoder.is_done() {
+            body.release();
+            Body::empty()
+        } else {
+            Body::new(body)
+        };
+        Ok(Response::from_parts(parts, body))
+    }
+}
+
+async fn send_body(
+    io: &mut Io,
+    mut pending: Option<Bytes>,
+    body: &mut Body,
+    chunked: bool,
+    length: Option<u64>,
+) -> Result<(), UpstreamError> {
+    let mut sent = 0u64;
+    let mut size_line = Vec::with_capacity(20);
+    loop {
+        let data = match pending.take() {
+            Some(data) => data,
+            None => match body.frame().await {
+                None => break,
+                Some(Err(err)) => return Err(failed("request body", err)),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(_) => continue,
+                },
+            },
+        };
+        if data.is_empty() {
+            continue;
+        }
+        sent += data.len() as u64;
+        if length.is_some_and(|len| sent > len) {
+            return Err(UpstreamError::Failed(
+                "request body longer than its Content-Length".into(),
+            ));
+        }
+        let written = if chunked {
+            size_line.clear();
+            codec::write_chunk_size(&mut size_line, data.len());
+            let mut out = (&size_line[..]).chain(&data[..]).chain(&b"\r\n"[..]);
+            io.write_all_buf(&mut out).await
+        } else {
+            io.write_all(&data).await
+        };
+        written.map_err(|e| failed("sending the request body", e))?;
+    }
+    if length.is_some_and(|len| sent != len) {
+        return Err(UpstreamError::Failed(
+            "request body shorter than its Content-Length".into(),
+        ));
+    }
+    if chunked {
+        io.write_all(codec::LAST_CHUNK)
+            .await
+            .map_err(|e| failed("sending the request body", e))?;
+    }
+    Ok(())
+}
+
+enum ReadError {
+    /// The connection ended before any byte of an answer.
+    ClosedEarly,
+    Failed(UpstreamError),
+}
+
+/// Reads the answer's head, skipping interim (1xx) answers.
+async fn read_head(conn: &mut Conn) -> Result<http::response::Parts, ReadError> {
+    use tokio::io::AsyncReadExt;
+    let mut received = false;
+    loop {
+        match codec::parse_response(&mut conn.buf, MAX_ANSWER_HEAD) {
+            Ok(Some(parts)) if parts.status == StatusCode::SWITCHING_PROTOCOLS => {
+                return Err(ReadError::Failed(UpstreamError::Failed(
+                    "the upstream switched protocols, which the gateway does not proxy".into(),
+                )))
+            }
+            Ok(Some(parts)) if parts.status.is_informational() => continue,
+            Ok(Some(parts)) => return Ok(parts),
+            Ok(None) => {}
+            Err(err) => return Err(ReadError::Failed(failed("answer head", format!("{err:?}")))),
+        }
+        conn.buf.reserve(codec::HEAD_CHUNK);
+        match conn.io.read_buf(&mut conn.buf).await {
+            Ok(0) | Err(_) if !received => return Err(ReadError::ClosedEarly),
+            Ok(0) => {
+                return Err(ReadError::Failed(UpstreamError::Failed(
+                    "the upstream closed the connection in the answer's head".into(),
+                )))
+            }
+            Ok(_) => received = true,
+            Err(err) => return Err(ReadError::Failed(failed("reading the answer", err))),
+        }
+    }
+}
+
+/// An answer's body, read from its connection as the client takes it.
+struct UpstreamBody {
+    /// `None` once the body is over (the connection is then back in the pool, or closed).
+    conn: Option<Conn>,
+    decoder: BodyDecoder,
+    pool: Arc<Pool>,
+    key: Arc<str>,
+    keep: bool,
+}
+
+impl UpstreamBody {
+    fn release(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if self.keep && conn.buf.is_empty() {
+                self.pool.put(&self.key, conn);
+            }
+        }
+    }
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let next = ready!(codec::poll_body(
+            cx,
+            Pin::new(&mut conn.io),
+            &mut conn.buf,
+            &mut this.decoder
+        ));
+        match next {
+            Ok(Some(data)) => {
+                if this.decoder.is_done() {
+                    this.release();
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Ok(None) => {
+                this.release();
+                Poll::Ready(None)
+            }
+            Err(err) => {
+                this.conn = None;
+                Poll::Ready(Some(Err(err)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.conn.is_none() || self.decoder.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decoder.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
     }
 }
 
@@ -113,15 +576,16 @@ mod tests {
         let origin = Origin::of(&url::Url::parse("http://up.test:8081/base").unwrap()).unwrap();
         assert_eq!(origin.host, "up.test:8081");
         assert_eq!(
-            origin.uri("/base/x?a=1").unwrap().to_string(),
-            "http://up.test:8081/base/x?a=1"
+            (origin.connect_host.as_str(), origin.port),
+            ("up.test", 8081)
         );
         let tls = Origin::of(&url::Url::parse("https://api.example.com").unwrap()).unwrap();
         assert_eq!(tls.host, "api.example.com");
-        assert_eq!(
-            tls.uri("/").unwrap().to_string(),
-            "https://api.example.com/"
-        );
+        assert_eq!(tls.port, 443);
+        assert!(tls.tls);
+        let v6 = Origin::of(&url::Url::parse("http://[::1]:9000/").unwrap()).unwrap();
+        assert_eq!(v6.host, "[::1]:9000");
+        assert_eq!(v6.connect_host, "::1");
         assert!(Origin::of(&url::Url::parse("ftp://files.example.com").unwrap()).is_none());
     }
 }

@@ -373,7 +373,7 @@ async fn portal_changes_are_picked_up_and_broken_ones_rejected() {
     let state = AppState::new(config.clone());
     let shutdown = platform::Shutdown::new();
     state.boot(shutdown.clone()).await.unwrap();
-    let gw = serve(gateway::router(state.clone())).await;
+    let gw = support::serve_gateway(state.clone()).await;
     let mgmt = serve(gateway::management::router(
         state.clone(),
         platform::metrics::Metrics::global(),

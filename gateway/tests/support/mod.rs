@@ -156,8 +156,21 @@ pub async fn gateway(config: Config, doc: Value) -> (AppState, SocketAddr) {
             .clone()
             .run(Duration::from_millis(50), platform::Shutdown::new()),
     );
-    let addr = serve(gateway::router(state.clone())).await;
+    let addr = serve_gateway(state.clone()).await;
     (state, addr)
+}
+
+/// The proxy on port 0, served by the gateway's own HTTP/1.1 server as in the binary.
+pub async fn serve_gateway(state: AppState) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(gateway::serve_proxy_on(
+        listener,
+        state,
+        platform::Shutdown::new(),
+        Duration::from_secs(1),
+    ));
+    addr
 }
 
 pub fn service(backend: SocketAddr, upstream: SocketAddr, extra: Value) -> Value {
