@@ -309,6 +309,7 @@ impl Upstream {
         head.extend_from_slice(b"\r\n");
         // A small body that is already here leaves with the head.
         let mut pending: Option<Bytes> = None;
+        let mut coalesced = 0u64;
         if !empty {
             if let Poll::Ready(frame) =
                 std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await
@@ -321,6 +322,7 @@ impl Upstream {
                                 head.extend_from_slice(&data);
                                 head.extend_from_slice(b"\r\n");
                             } else if data.len() <= COALESCE {
+                                coalesced = data.len() as u64;
                                 head.extend_from_slice(&data);
                             } else {
                                 pending = Some(data);
@@ -333,6 +335,11 @@ impl Upstream {
             }
         }
         let complete = empty || body.is_end_stream() && pending.is_none();
+        if complete && !chunked && length.is_some_and(|n| n != coalesced) && !empty {
+            return Err(UpstreamError::Failed(
+                "request body does not match its Content-Length".into(),
+            ));
+        }
         if complete && chunked {
             head.extend_from_slice(codec::LAST_CHUNK);
         }
@@ -360,7 +367,8 @@ impl Upstream {
                 return Err(failed("sending the request", err));
             }
             if !complete {
-                send_body(&mut conn.io, pending.take(), &mut body, chunked, length).await?;
+                let pending = pending.take();
+                send_body(&mut conn.io, pending, coalesced, &mut body, chunked, length).await?;
             }
             if origin.tls {
                 conn.io
@@ -410,14 +418,16 @@ impl Upstream {
     }
 }
 
+/// Sends the rest of the body after the `already` bytes that left with the head.
 async fn send_body(
     io: &mut Io,
     mut pending: Option<Bytes>,
+    already: u64,
     body: &mut Body,
     chunked: bool,
     length: Option<u64>,
 ) -> Result<(), UpstreamError> {
-    let mut sent = 0u64;
+    let mut sent = already;
     let mut size_line = Vec::with_capacity(20);
     loop {
         let data = match pending.take() {
