@@ -141,7 +141,8 @@ pub struct Service {
     pub auth_app_id: String,
     pub auth_app_key: String,
     pub errors: ErrorAnswers,
-    pub secret_token: Option<String>,
+    /// `X-3scale-proxy-secret-token`, ready to send (a value a header cannot carry is refused at load time).
+    pub secret_token: Option<http::HeaderValue>,
     pub hostname_rewrite: Option<String>,
     pub backend: BackendTarget,
     pub rules: Vec<MappingRule>,
@@ -498,7 +499,12 @@ fn compile_service(
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "app_key".into()),
         errors,
-        secret_token: non_empty(proxy.secret_token),
+        secret_token: match non_empty(proxy.secret_token) {
+            None => None,
+            Some(token) => Some(http::HeaderValue::from_str(&token).map_err(|_| {
+                ConfigError(format!("{at}.proxy.secret_token: not a valid header value"))
+            })?),
+        },
         hostname_rewrite: non_empty(proxy.hostname_rewrite),
         backend,
         rules,

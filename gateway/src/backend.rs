@@ -255,7 +255,13 @@ impl AuthCache {
         usage: &Usage,
         extra: &[(String, String)],
     ) -> String {
-        let mut key = format!("{}:{}:{}", service.id, credentials, usage.encoded());
+        let usage = usage.encoded();
+        let mut key = String::with_capacity(service.id.len() + credentials.len() + usage.len() + 2);
+        key.push_str(&service.id);
+        key.push(':');
+        key.push_str(credentials);
+        key.push(':');
+        key.push_str(&usage);
         if !extra.is_empty() {
             let mut ser = form_urlencoded::Serializer::new(String::new());
             for (k, v) in extra {

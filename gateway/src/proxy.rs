@@ -510,12 +510,18 @@ async fn authorize(
         (params, credentials.cache_key_part())
     };
 
-    let mut args = query_args.clone();
-    if let Some(body) = body_args {
-        // Body args override query args of the same name (last value wins).
-        args.merge(body);
-    }
-    let (usage, matched) = mapping::usage_for(&service.rules, method.as_str(), path, &args);
+    let merged;
+    let args = match body_args {
+        None => query_args,
+        Some(body) => {
+            // Body args override query args of the same name (last value wins).
+            let mut args = query_args.clone();
+            args.merge(body);
+            merged = args;
+            &merged
+        }
+    };
+    let (usage, matched) = mapping::usage_for(&service.rules, method.as_str(), path, args);
     if usage.is_empty() {
         let mut response = error_answer(&service.errors.no_match);
         if wants_debug {
@@ -694,6 +700,27 @@ fn upstream_request_target(
         .then(|| encoded.to_owned())
 }
 
+/// `X-Real-IP` for `peer`. Most requests on a thread come from the client before them (keep-alive connections,
+/// a few load balancers), so the last value is kept rather than formatted again.
+fn real_ip(peer: IpAddr) -> HeaderValue {
+    use std::cell::RefCell;
+    thread_local! {
+        static LAST: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((ip, value)) if *ip == peer => value.clone(),
+            _ => {
+                let value = HeaderValue::from_str(&peer.to_string())
+                    .unwrap_or_else(|_| HeaderValue::from_static(""));
+                *last = Some((peer, value.clone()));
+                value
+            }
+        }
+    })
+}
+
 /// Sends the request for `request_target` to `origin` and streams the answer back. `policy_host`: the `upstream` policy chose the
 /// target, so `Host` is the target's even when the service has `hostname_rewrite`.
 #[allow(clippy::too_many_arguments)]
@@ -727,14 +754,10 @@ async fn forward(
         }
     }
     if let Some(peer) = peer {
-        if let Ok(v) = HeaderValue::from_str(&peer.to_string()) {
-            headers.insert("x-real-ip", v);
-        }
+        headers.insert("x-real-ip", real_ip(peer));
     }
     if let Some(secret) = &service.secret_token {
-        if let Ok(v) = HeaderValue::from_str(secret) {
-            headers.insert("x-3scale-proxy-secret-token", v);
-        }
+        headers.insert("x-3scale-proxy-secret-token", secret.clone());
     }
     let rid = request_id(&headers);
     let started = Instant::now();

@@ -357,7 +357,9 @@ impl Upstream {
             attempt += 1;
             let (mut conn, reused) = match self.pool.take(&origin.key) {
                 Some(conn) => (conn, true),
-                None => (self.connect(origin).await?, false),
+                // Boxed: connecting (TLS included) is rare and its future is large; every request carries the
+                // space of what it awaits.
+                None => (Box::pin(self.connect(origin)).await?, false),
             };
             let retry = reused && repeatable && attempt == 1;
             if let Err(err) = conn.io.write_all(&head).await {
@@ -495,7 +497,9 @@ async fn read_head(conn: &mut Conn) -> Result<http::response::Parts, ReadError> 
             Ok(None) => {}
             Err(err) => return Err(ReadError::Failed(failed("answer head", format!("{err:?}")))),
         }
-        conn.buf.reserve(codec::HEAD_CHUNK);
+        if conn.buf.capacity() - conn.buf.len() < codec::HEAD_CHUNK / 4 {
+            conn.buf.reserve(codec::HEAD_CHUNK);
+        }
         match conn.io.read_buf(&mut conn.buf).await {
             Ok(0) | Err(_) if !received => return Err(ReadError::ClosedEarly),
             Ok(0) => {

@@ -49,9 +49,10 @@ fn span_of(base: *const u8, part: &[u8]) -> (usize, usize) {
     (start, start + part.len())
 }
 
-/// Fills a header map from spans into `head`; values share `head`'s bytes.
-fn header_map(head: &Bytes, spans: &[Span]) -> Result<HeaderMap, HeadError> {
-    let mut headers = HeaderMap::with_capacity(spans.len());
+/// Fills a header map from spans into `head`; values share `head`'s bytes. `extra`: room for fields the proxy adds,
+/// so the map does not grow (and stays small: a map of 16 slots or more is a large allocation for malloc).
+fn header_map(head: &Bytes, spans: &[Span], extra: usize) -> Result<HeaderMap, HeadError> {
+    let mut headers = HeaderMap::with_capacity(spans.len() + extra);
     for span in spans {
         let name = HeaderName::from_bytes(&head[span.name.0..span.name.1])
             .map_err(|_| HeadError::Malformed("invalid header name"))?;
@@ -101,7 +102,8 @@ pub fn parse_request(
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target.0..target.1))
         .map_err(|_| HeadError::Malformed("invalid request target"))?;
-    let headers = header_map(&head, &spans[..count])?;
+    // The proxy adds the request id, `X-Real-IP` and maybe the secret token.
+    let headers = header_map(&head, &spans[..count], 3)?;
     let (mut parts, ()) = http::Request::new(()).into_parts();
     parts.method = method;
     parts.uri = uri;
@@ -138,7 +140,8 @@ pub fn parse_response(
         span.value = span_of(base, header.value);
     }
     let head = buf.split_to(len).freeze();
-    let headers = header_map(&head, &spans[..count])?;
+    // The proxy adds the request id.
+    let headers = header_map(&head, &spans[..count], 1)?;
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = status;
     parts.version = version;

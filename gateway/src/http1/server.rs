@@ -185,7 +185,10 @@ async fn read_head<S: AsyncRead + Unpin>(
             }
             Err(HeadError::Malformed(_)) => return Head::Refuse(StatusCode::BAD_REQUEST),
         }
-        buf.reserve(codec::HEAD_CHUNK);
+        // The buffer is reused while it has room: reserving a full chunk every time would move or reallocate it.
+        if buf.capacity() - buf.len() < codec::HEAD_CHUNK / 4 {
+            buf.reserve(codec::HEAD_CHUNK);
+        }
         let read = if buf.is_empty() {
             // Between requests: a closing gateway does not wait for the next one.
             let closing = life.notify.notified();
