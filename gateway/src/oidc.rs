@@ -167,7 +167,9 @@ pub struct Oidc {
     providers: RwLock<HashMap<String, Arc<Provider>>>,
     failures: Mutex<HashMap<String, Instant>>,
     discovery: tokio::sync::Mutex<()>,
-    tokens: Cache<String, (Arc<str>, u64)>,
+    /// Verified tokens: the token → the service it was verified for, its client id and `exp`. Keyed by the token
+    /// alone so a hit hashes it once and builds no key.
+    tokens: Cache<String, (Arc<str>, Arc<str>, u64)>,
     min_refresh: Duration,
 }
 
@@ -198,13 +200,14 @@ impl Oidc {
         claim: &ClientIdClaim,
         token: &str,
     ) -> Result<Arc<str>, VerifyError> {
-        let cache_key = format!("{service_id}:{token}");
         let now = unix_now();
-        if let Some((client_id, exp)) = self.tokens.get(&cache_key) {
-            if exp > now {
+        if let Some((service, client_id, exp)) = self.tokens.get(token) {
+            if &*service == service_id && exp > now {
                 return Ok(client_id);
             }
-            self.tokens.invalidate(&cache_key);
+            if exp <= now {
+                self.tokens.invalidate(token);
+            }
         }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| VerifyError::Malformed(e.to_string()))?;
@@ -259,7 +262,10 @@ impl Oidc {
             .ok_or(VerifyError::NoClientId)?
             .into();
         let exp = data.claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
-        self.tokens.insert(cache_key, (client_id.clone(), exp));
+        self.tokens.insert(
+            token.to_owned(),
+            (service_id.into(), client_id.clone(), exp),
+        );
         Ok(client_id)
     }
 

@@ -495,7 +495,12 @@ async fn authorize(
         ))
         .await
         {
-            Ok(client_id) => (vec![("app_id", client_id.to_string())], token.clone()),
+            // The cache key names the application as APIcast's does (its credentials for backend), not the token:
+            // a short key, and one entry for every token of the same client.
+            Ok(client_id) => (
+                vec![("app_id", client_id.to_string())],
+                client_id.to_string(),
+            ),
             Err(e) => {
                 tracing::info!(service_id = %service.id, request_id = request_id(headers), reason = %e, "JWT rejected");
                 return Err(error_answer(&service.errors.auth_failed));
