@@ -234,7 +234,8 @@ pub enum Lookup {
 /// backend is down.
 #[derive(Clone)]
 pub struct AuthCache {
-    entries: Cache<String, CacheEntry>,
+    /// foldhash rather than SipHash: one hash per request, with a random seed per process.
+    entries: Cache<String, CacheEntry, foldhash::fast::RandomState>,
     ttl: Duration,
 }
 
@@ -244,7 +245,7 @@ impl AuthCache {
             entries: Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(stale_ttl.max(ttl).max(Duration::from_millis(1)))
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             ttl,
         }
     }

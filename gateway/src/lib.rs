@@ -457,10 +457,8 @@ pub async fn serve_proxy_on(
         let _ = stream.set_nodelay(true);
         let worker = worker.clone();
         let peer = Some(peer.ip());
-        let handler = move |req| {
-            let worker = worker.clone();
-            async move { proxy::serve_request(&worker, peer, req).await }
-        };
+        // The request future is returned as it is (no wrapping block): it is large, and every layer moves it.
+        let handler = move |req| proxy::serve_request(worker.clone(), peer, req);
         connections.spawn(http1::server::serve_connection(
             stream,
             handler,

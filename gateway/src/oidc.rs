@@ -168,8 +168,8 @@ pub struct Oidc {
     failures: Mutex<HashMap<String, Instant>>,
     discovery: tokio::sync::Mutex<()>,
     /// Verified tokens: the token → the service it was verified for, its client id and `exp`. Keyed by the token
-    /// alone so a hit hashes it once and builds no key.
-    tokens: Cache<String, (Arc<str>, Arc<str>, u64)>,
+    /// alone so a hit hashes it once and builds no key (with foldhash, seeded per process: a JWT is long).
+    tokens: Cache<String, (Arc<str>, Arc<str>, u64), foldhash::fast::RandomState>,
     min_refresh: Duration,
 }
 
@@ -186,7 +186,7 @@ impl Oidc {
             tokens: Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(3600))
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             min_refresh,
         }
     }

@@ -47,9 +47,9 @@ impl std::ops::Deref for Worker {
 }
 
 /// One proxied request, from a worker's HTTP/1.1 connections; a panic becomes a 500.
-pub async fn serve_request(worker: &Worker, peer: Option<IpAddr>, req: Request) -> Response {
+pub async fn serve_request(worker: Worker, peer: Option<IpAddr>, req: Request) -> Response {
     use futures::FutureExt;
-    std::panic::AssertUnwindSafe(handle(worker, peer, req))
+    std::panic::AssertUnwindSafe(handle(&worker, peer, req))
         .catch_unwind()
         .await
         .unwrap_or_else(platform::http::panic_response)

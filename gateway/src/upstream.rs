@@ -147,7 +147,7 @@ impl Conn {
 
 /// Idle connections by origin.
 struct Pool {
-    idle: Mutex<HashMap<Arc<str>, Vec<Conn>>>,
+    idle: Mutex<HashMap<Arc<str>, Vec<Conn>, foldhash::fast::RandomState>>,
     max_idle_per_origin: usize,
     idle_timeout: Duration,
 }
@@ -213,7 +213,7 @@ impl Upstream {
     pub fn new(connect_timeout: Duration, timeout: Duration) -> Self {
         Self {
             pool: Arc::new(Pool {
-                idle: Mutex::new(HashMap::new()),
+                idle: Mutex::new(HashMap::default()),
                 max_idle_per_origin: 1024,
                 idle_timeout: Duration::from_secs(60),
             }),

@@ -54,8 +54,9 @@ enum Head {
     Refuse(StatusCode),
 }
 
-/// Serves one client connection until it closes. `handler` answers each request; `header_timeout` bounds the wait
-/// for a complete head, idle keep-alive time included.
+/// Serves one client connection until it closes. `handler` answers each request; a connection that completes no
+/// request head for `header_timeout` (idle keep-alive time included) is closed, at most twice that after its last
+/// request.
 pub async fn serve_connection<S, H, F>(
     mut stream: S,
     mut handler: H,
@@ -68,8 +69,16 @@ pub async fn serve_connection<S, H, F>(
 {
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
+    // One timer per connection, checked for progress when it fires (nginx's lazy timers): arming one per request
+    // would cost a timer-wheel insertion and removal each time.
+    let mut timer = HeadTimer {
+        sleep: Box::pin(tokio::time::sleep(header_timeout)),
+        period: header_timeout,
+        heads: 0,
+        heads_at_last_check: 0,
+    };
     loop {
-        let parts = match read_head(&mut stream, &mut buf, &life, header_timeout).await {
+        let parts = match read_head(&mut stream, &mut buf, &life, &mut timer).await {
             Head::Request(parts) => parts,
             Head::Closed => return,
             Head::Refuse(status) => {
@@ -168,17 +177,40 @@ pub async fn serve_connection<S, H, F>(
     }
 }
 
+/// The connection's head timeout.
+struct HeadTimer {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    period: Duration,
+    heads: u64,
+    heads_at_last_check: u64,
+}
+
+impl HeadTimer {
+    /// The timer fired: true when a head arrived since the last time (the timer is then armed again).
+    fn progressed(&mut self) -> bool {
+        if self.heads == self.heads_at_last_check {
+            return false;
+        }
+        self.heads_at_last_check = self.heads;
+        let next = tokio::time::Instant::now() + self.period;
+        self.sleep.as_mut().reset(next);
+        true
+    }
+}
+
 /// Reads until a complete request head is in `buf`.
 async fn read_head<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
     life: &Lifecycle,
-    header_timeout: Duration,
+    timer: &mut HeadTimer,
 ) -> Head {
-    let mut deadline = pin!(tokio::time::sleep(header_timeout));
     loop {
         match codec::parse_request(buf, MAX_HEADER_BYTES) {
-            Ok(Some(parts)) => return Head::Request(parts),
+            Ok(Some(parts)) => {
+                timer.heads += 1;
+                return Head::Request(parts);
+            }
             Ok(None) => {}
             Err(HeadError::TooLarge) => {
                 return Head::Refuse(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
@@ -201,13 +233,13 @@ async fn read_head<S: AsyncRead + Unpin>(
                 biased;
                 read = stream.read_buf(buf) => read,
                 () = &mut closing => return Head::Closed,
-                () = &mut deadline => return Head::Closed,
+                () = timer.sleep.as_mut() => if timer.progressed() { continue } else { return Head::Closed },
             }
         } else {
             tokio::select! {
                 biased;
                 read = stream.read_buf(buf) => read,
-                () = &mut deadline => return Head::Closed,
+                () = timer.sleep.as_mut() => if timer.progressed() { continue } else { return Head::Closed },
             }
         };
         match read {
@@ -426,5 +458,110 @@ impl http_body::Body for ChannelBody {
             Some(n) => SizeHint::with_exact(n),
             None => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spawn(
+        header_timeout: Duration,
+    ) -> (
+        tokio::io::DuplexStream,
+        Arc<Lifecycle>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let life = Arc::new(Lifecycle::default());
+        let task = tokio::spawn(serve_connection(
+            server,
+            |_req| async { Response::new(Body::from("ok")) },
+            life.clone(),
+            header_timeout,
+        ));
+        (client, life, task)
+    }
+
+    /// Reads one answer with a two-byte body.
+    async fn answer(client: &mut tokio::io::DuplexStream) -> String {
+        let mut got = Vec::new();
+        while !got.ends_with(b"\r\n\r\nok") {
+            let mut chunk = [0u8; 1024];
+            let n = client.read(&mut chunk).await.unwrap();
+            assert_ne!(n, 0, "closed before the answer: {got:?}");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8(got).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_goes_silent_is_closed_after_the_head_timeout() {
+        let (mut client, _life, task) = spawn(Duration::from_millis(100));
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let first = answer(&mut client).await;
+        assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
+        assert!(first.contains("content-length: 2\r\n"), "{first}");
+        // Silent from now on: closed within two periods (the first check sees the request above as progress).
+        let mut rest = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut rest))
+            .await
+            .expect("the idle connection was not closed");
+        assert_eq!(read.unwrap(), 0);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn closing_ends_idle_connections_at_once_and_busy_ones_after_their_answer() {
+        let (mut client, life, task) = spawn(Duration::from_secs(3600));
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        answer(&mut client).await;
+        life.close();
+        let mut rest = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut rest))
+            .await
+            .expect("the idle connection was not closed");
+        assert_eq!(read.unwrap(), 0);
+        task.await.unwrap();
+
+        // A request in flight when the gateway closes gets its answer, marked as the last one.
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let life = Arc::new(Lifecycle::default());
+        let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let mut hooks = Some((started_tx, released));
+        let task = tokio::spawn(serve_connection(
+            server,
+            move |_req| {
+                let (started_tx, released) = hooks.take().expect("one request");
+                async move {
+                    let _ = started_tx.send(());
+                    let _ = released.await;
+                    Response::new(Body::from("ok"))
+                }
+            },
+            life.clone(),
+            Duration::from_secs(3600),
+        ));
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        started.await.unwrap();
+        life.close();
+        release.send(()).unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        let got = String::from_utf8(got).unwrap();
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+        assert!(got.contains("connection: close\r\n"), "{got}");
+        assert!(got.ends_with("\r\n\r\nok"), "{got}");
+        task.await.unwrap();
     }
 }
