@@ -71,10 +71,9 @@ impl RequestParts<'_> {
 
     /// nginx's `$http_<name>`: header names compared lower-cased with `-` read as `_`.
     fn header(&self, name: &str) -> Option<String> {
-        let wanted = nginx_name(name);
         self.headers
             .iter()
-            .find(|(k, _)| nginx_name(k.as_str()) == wanted)
+            .find(|(k, _)| same_nginx_name(k.as_str(), name))
             .and_then(|(_, v)| v.to_str().ok())
             .map(str::to_owned)
     }
@@ -83,7 +82,8 @@ impl RequestParts<'_> {
         let Some(value) = self.headers.get(http::header::AUTHORIZATION) else {
             return Authorization::None;
         };
-        let Ok(value) = value.to_str() else {
+        // UTF-8 validation rather than `to_str`'s byte-by-byte check: a bearer JWT is long and comes on every request.
+        let Ok(value) = std::str::from_utf8(value.as_bytes()) else {
             return Authorization::None;
         };
         let value = value.trim();
@@ -113,16 +113,16 @@ impl RequestParts<'_> {
     }
 }
 
-fn nginx_name(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c == '-' {
-                '_'
-            } else {
-                c.to_ascii_lowercase()
-            }
-        })
-        .collect()
+/// Whether two header names are the same nginx variable name (compared without building either).
+fn same_nginx_name(a: &str, b: &str) -> bool {
+    let norm = |c: u8| {
+        if c == b'-' {
+            b'_'
+        } else {
+            c.to_ascii_lowercase()
+        }
+    };
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| norm(x) == norm(y))
 }
 
 enum Authorization {

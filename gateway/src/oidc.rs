@@ -191,6 +191,16 @@ impl Oidc {
         }
     }
 
+    /// The client id of a token already verified for this service and not expired yet.
+    pub fn cached(&self, service_id: &str, token: &str) -> Option<Arc<str>> {
+        let (service, client_id, exp) = self.tokens.get(token)?;
+        if exp <= unix_now() {
+            self.tokens.invalidate(token);
+            return None;
+        }
+        (&*service == service_id).then_some(client_id)
+    }
+
     /// Verifies `token` for a service; returns the client id.
     pub async fn verify(
         &self,
@@ -200,14 +210,8 @@ impl Oidc {
         claim: &ClientIdClaim,
         token: &str,
     ) -> Result<Arc<str>, VerifyError> {
-        let now = unix_now();
-        if let Some((service, client_id, exp)) = self.tokens.get(token) {
-            if &*service == service_id && exp > now {
-                return Ok(client_id);
-            }
-            if exp <= now {
-                self.tokens.invalidate(token);
-            }
+        if let Some(client_id) = self.cached(service_id, token) {
+            return Ok(client_id);
         }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| VerifyError::Malformed(e.to_string()))?;

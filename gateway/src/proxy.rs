@@ -484,17 +484,22 @@ async fn authorize(
         let Some(oidc) = service.oidc.as_ref() else {
             return Err(error_answer(&service.errors.auth_failed));
         };
-        // Boxed, as are the other rarely-suspending steps below: the request future stays small, and axum and
-        // tokio move it around by value.
-        match Box::pin(state.oidc.verify(
-            &service.id,
-            oidc.supplied.as_ref(),
-            oidc.issuer_endpoint.as_deref(),
-            &oidc.client_id_claim,
-            token,
-        ))
-        .await
-        {
+        // A token verified before is found without building the verification's future; that future is boxed, as
+        // are the other rarely-suspending steps below, so the request future stays small (it is moved by value).
+        let verified = match state.oidc.cached(&service.id, token) {
+            Some(client_id) => Ok(client_id),
+            None => {
+                Box::pin(state.oidc.verify(
+                    &service.id,
+                    oidc.supplied.as_ref(),
+                    oidc.issuer_endpoint.as_deref(),
+                    &oidc.client_id_claim,
+                    token,
+                ))
+                .await
+            }
+        };
+        match verified {
             // The cache key names the application as APIcast's does (its credentials for backend), not the token:
             // a short key, and one entry for every token of the same client.
             Ok(client_id) => (
