@@ -17,6 +17,9 @@ pub struct MappingRule {
     pub method: String,
     pub pattern: String,
     regex: Regex,
+    /// The pattern's path when it is a plain literal (the usual case): matched as a prefix (or whole, with `$`)
+    /// without the regex, whose per-thread cache is contended when several proxy threads share one rule.
+    literal: Option<(String, bool)>,
     /// `(name, expected)`; `expected` is `None` for a `{placeholder}` (the arg only has to exist).
     params: Vec<(String, Option<String>)>,
     pub metric: String,
@@ -50,6 +53,7 @@ impl MappingRule {
         Ok(Self {
             method: method.to_owned(),
             pattern: pattern.to_owned(),
+            literal: literal_path(pattern),
             regex,
             params,
             metric,
@@ -65,7 +69,11 @@ impl MappingRule {
     /// Whether the rule applies to `method` and the normalised `path` with request `args`.
     pub fn matches(&self, method: &str, path: &str, args: &Args) -> bool {
         (self.method == "ANY" || self.method == method)
-            && self.regex.is_match(path)
+            && match &self.literal {
+                Some((literal, true)) => path == literal,
+                Some((literal, false)) => path.starts_with(literal.as_str()),
+                None => self.regex.is_match(path),
+            }
             && self
                 .params
                 .iter()
@@ -75,6 +83,25 @@ impl MappingRule {
                     (Some(actual), Some(expected)) => actual == expected,
                 })
     }
+}
+
+/// The path of a pattern that has no placeholder and nothing a regex reads specially (but a final `$`), with
+/// whether it must match whole; `None` for the others.
+fn literal_path(pattern: &str) -> Option<(String, bool)> {
+    let mut collapsed = String::with_capacity(pattern.len());
+    for c in pattern.chars() {
+        if c == '/' && collapsed.ends_with('/') {
+            continue;
+        }
+        collapsed.push(c);
+    }
+    let path = collapsed.split('?').next().unwrap_or("");
+    let (path, whole) = match path.strip_suffix('$') {
+        Some(rest) => (rest, true),
+        None => (path, false),
+    };
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/-_~%.:@,;=&'!".contains(c);
+    path.chars().all(plain).then(|| (path.to_owned(), whole))
 }
 
 /// Pattern → regex source in APIcast's order: collapse `//`, drop the query, placeholders, escape `.`.
@@ -297,6 +324,53 @@ mod tests {
             &Args::from_query(query),
         )
         .0
+    }
+
+    #[test]
+    fn literal_patterns_match_exactly_as_their_regex_does() {
+        let patterns = [
+            "/",
+            "/bench",
+            "/bench$",
+            "/a.b",
+            "/x//y",
+            "/v1/items?x=1",
+            "/foo{bar}",
+            "/a+b",
+            "/hello$",
+            "/$",
+            "/a-b_c~d%20e",
+        ];
+        let paths = [
+            "/",
+            "/bench",
+            "/bench/42",
+            "/benchx",
+            "/a.b",
+            "/aXb",
+            "/x/y",
+            "/v1/items",
+            "/a+b",
+            "/aab",
+            "/hello",
+            "/hello/",
+            "/a-b_c~d%20e/f",
+            "/foobar",
+        ];
+        let mut literal = 0;
+        for pattern in patterns {
+            let rule =
+                MappingRule::new("GET", pattern, Vec::new(), "hits".into(), 1, false).unwrap();
+            literal += usize::from(rule.literal.is_some());
+            for path in paths {
+                assert_eq!(
+                    rule.matches("GET", path, &Args::default()),
+                    rule.regex.is_match(path),
+                    "{pattern} on {path}"
+                );
+            }
+        }
+        assert_eq!(literal, 9, "the plain patterns take the literal path");
     }
 
     #[test]
