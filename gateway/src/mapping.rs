@@ -85,9 +85,8 @@ impl MappingRule {
     }
 }
 
-/// The path of a pattern that has no placeholder and nothing a regex reads specially (but a final `$`), with
-/// whether it must match whole; `None` for the others.
-fn literal_path(pattern: &str) -> Option<(String, bool)> {
+/// A pattern's path part with `//` collapsed, as APIcast reads it.
+fn pattern_path(pattern: &str) -> String {
     let mut collapsed = String::with_capacity(pattern.len());
     for c in pattern.chars() {
         if c == '/' && collapsed.ends_with('/') {
@@ -95,7 +94,15 @@ fn literal_path(pattern: &str) -> Option<(String, bool)> {
         }
         collapsed.push(c);
     }
-    let path = collapsed.split('?').next().unwrap_or("");
+    collapsed.truncate(collapsed.find('?').unwrap_or(collapsed.len()));
+    collapsed
+}
+
+/// The path of a pattern that has no placeholder and nothing a regex reads specially (but a final `$`), with
+/// whether it must match whole; `None` for the others.
+fn literal_path(pattern: &str) -> Option<(String, bool)> {
+    let collapsed = pattern_path(pattern);
+    let path = collapsed.as_str();
     let (path, whole) = match path.strip_suffix('$') {
         Some(rest) => (rest, true),
         None => (path, false),
@@ -106,14 +113,8 @@ fn literal_path(pattern: &str) -> Option<(String, bool)> {
 
 /// Pattern → regex source in APIcast's order: collapse `//`, drop the query, placeholders, escape `.`.
 fn regexpify(pattern: &str) -> String {
-    let mut collapsed = String::with_capacity(pattern.len());
-    for c in pattern.chars() {
-        if c == '/' && collapsed.ends_with('/') {
-            continue;
-        }
-        collapsed.push(c);
-    }
-    let path = collapsed.split('?').next().unwrap_or("");
+    let collapsed = pattern_path(pattern);
+    let path = collapsed.as_str();
     let mut out = String::with_capacity(path.len() + 16);
     let mut rest = path;
     while let Some(open) = rest.find('{') {

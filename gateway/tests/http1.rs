@@ -182,21 +182,25 @@ fn dechunk(data: &[u8]) -> Option<(Vec<u8>, usize)> {
 }
 
 /// One request off a connection (body decoded), `None` when it closes first.
+/// Header fields as lower-cased names and lossy text values.
+fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
 async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>, conn: usize) -> Option<Seen> {
     let (method, target, headers, len) = loop {
         let mut raw = [httparse::EMPTY_HEADER; 64];
         let mut request = httparse::Request::new(&mut raw);
         if let httparse::Status::Complete(len) = request.parse(buf).expect("a valid request head") {
-            let headers: Vec<(String, String)> = request
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_ascii_lowercase(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect();
+            let headers = owned_headers(request.headers);
             break (
                 request.method.unwrap().to_owned(),
                 request.path.unwrap().to_owned(),
@@ -265,16 +269,7 @@ async fn read_answer(stream: &mut TcpStream, buf: &mut Vec<u8>, head_request: bo
             )
         });
         if let httparse::Status::Complete(len) = parsed {
-            let headers: Vec<(String, String)> = response
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_ascii_lowercase(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect();
+            let headers = owned_headers(response.headers);
             break (response.code.unwrap(), headers, len);
         }
         assert!(

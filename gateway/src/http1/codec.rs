@@ -71,6 +71,31 @@ fn version_of(minor: Option<u8>) -> Version {
     }
 }
 
+/// The length of a complete head, `None` while it is incomplete, or why it cannot be taken.
+fn head_length(
+    parsed: httparse::Result<usize>,
+    buffered: usize,
+    max_bytes: usize,
+    malformed: &'static str,
+) -> Result<Option<usize>, HeadError> {
+    match parsed {
+        Ok(httparse::Status::Complete(len)) if len > max_bytes => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Complete(len)) => Ok(Some(len)),
+        Ok(httparse::Status::Partial) if buffered > max_bytes => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+        Err(_) => Err(HeadError::Malformed(malformed)),
+    }
+}
+
+/// Where each parsed header lies relative to `base`, the start of the buffer.
+fn record_spans(base: *const u8, headers: &[httparse::Header<'_>], spans: &mut [Span]) {
+    for (span, header) in spans.iter_mut().zip(headers) {
+        span.name = span_of(base, header.name.as_bytes());
+        span.value = span_of(base, header.value);
+    }
+}
+
 /// A request head taken off the front of `buf`, or `None` when more bytes are needed.
 pub fn parse_request(
     buf: &mut BytesMut,
@@ -79,26 +104,17 @@ pub fn parse_request(
     let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut spans = [Span::default(); MAX_HEADERS];
     let mut request = httparse::Request::new(&mut raw);
-    let len = match request.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() > max_bytes => return Err(HeadError::TooLarge),
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(_) => return Err(HeadError::Malformed("malformed request head")),
+    let parsed = request.parse(buf);
+    let Some(len) = head_length(parsed, buf.len(), max_bytes, "malformed request head")? else {
+        return Ok(None);
     };
-    if len > max_bytes {
-        return Err(HeadError::TooLarge);
-    }
     let base = buf.as_ptr();
     let method = Method::from_bytes(request.method.unwrap_or("").as_bytes())
         .map_err(|_| HeadError::Malformed("invalid method"))?;
     let target = span_of(base, request.path.unwrap_or("").as_bytes());
     let version = version_of(request.version);
     let count = request.headers.len();
-    for (span, header) in spans.iter_mut().zip(request.headers.iter()) {
-        span.name = span_of(base, header.name.as_bytes());
-        span.value = span_of(base, header.value);
-    }
+    record_spans(base, request.headers, &mut spans);
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target.0..target.1))
         .map_err(|_| HeadError::Malformed("invalid request target"))?;
@@ -120,25 +136,16 @@ pub fn parse_response(
     let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut spans = [Span::default(); MAX_HEADERS];
     let mut response = httparse::Response::new(&mut raw);
-    let len = match response.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() > max_bytes => return Err(HeadError::TooLarge),
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(_) => return Err(HeadError::Malformed("malformed response head")),
+    let parsed = response.parse(buf);
+    let Some(len) = head_length(parsed, buf.len(), max_bytes, "malformed response head")? else {
+        return Ok(None);
     };
-    if len > max_bytes {
-        return Err(HeadError::TooLarge);
-    }
     let base = buf.as_ptr();
     let status = StatusCode::from_u16(response.code.unwrap_or(0))
         .map_err(|_| HeadError::Malformed("invalid status code"))?;
     let version = version_of(response.version);
     let count = response.headers.len();
-    for (span, header) in spans.iter_mut().zip(response.headers.iter()) {
-        span.name = span_of(base, header.name.as_bytes());
-        span.value = span_of(base, header.value);
-    }
+    record_spans(base, response.headers, &mut spans);
     let head = buf.split_to(len).freeze();
     // The proxy adds the request id.
     let headers = header_map(&head, &spans[..count], 1)?;

@@ -495,6 +495,15 @@ mod tests {
         String::from_utf8(got).unwrap()
     }
 
+    /// The server closes the connection (within a generous deadline).
+    async fn assert_closed(client: &mut tokio::io::DuplexStream) {
+        let mut rest = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut rest))
+            .await
+            .expect("the idle connection was not closed");
+        assert_eq!(read.unwrap(), 0);
+    }
+
     #[tokio::test]
     async fn a_connection_that_goes_silent_is_closed_after_the_head_timeout() {
         let (mut client, _life, task) = spawn(Duration::from_millis(100));
@@ -506,11 +515,7 @@ mod tests {
         assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
         assert!(first.contains("content-length: 2\r\n"), "{first}");
         // Silent from now on: closed within two periods (the first check sees the request above as progress).
-        let mut rest = [0u8; 16];
-        let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut rest))
-            .await
-            .expect("the idle connection was not closed");
-        assert_eq!(read.unwrap(), 0);
+        assert_closed(&mut client).await;
         task.await.unwrap();
     }
 
@@ -523,11 +528,7 @@ mod tests {
             .unwrap();
         answer(&mut client).await;
         life.close();
-        let mut rest = [0u8; 16];
-        let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut rest))
-            .await
-            .expect("the idle connection was not closed");
-        assert_eq!(read.unwrap(), 0);
+        assert_closed(&mut client).await;
         task.await.unwrap();
 
         // A request in flight when the gateway closes gets its answer, marked as the last one.
