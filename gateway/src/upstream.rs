@@ -355,7 +355,13 @@ impl Upstream {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (mut conn, reused) = match self.pool.take(&origin.key) {
+            // A retry goes to a new connection: the other idle ones may have been closed by the same restart.
+            let pooled = if attempt == 1 {
+                self.pool.take(&origin.key)
+            } else {
+                None
+            };
+            let (mut conn, reused) = match pooled {
                 Some(conn) => (conn, true),
                 // Boxed: connecting (TLS included) is rare and its future is large; every request carries the
                 // space of what it awaits.
