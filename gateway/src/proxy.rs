@@ -89,8 +89,11 @@ fn next_request_id() -> HeaderValue {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
     let id = uuid::Uuid::from_u64_pair(prefix, COUNTER.fetch_add(1, Ordering::Relaxed));
-    let mut buf = uuid::Uuid::encode_buffer();
-    HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf))
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    id.hyphenated().encode_lower(&mut text);
+    // One allocation, shared by the copy sent upstream and the one in the answer (a copied value would be promoted
+    // to a shared one, a second allocation, at its first clone).
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
         .unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
@@ -205,11 +208,11 @@ async fn process(state: &Worker, peer: Option<IpAddr>, req: Request) -> Response
     };
     drop(config);
 
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
     if service.policies.steps.is_empty() {
         let target = RequestTarget {
             path: None,
-            query: parts.uri.query().map(str::to_owned),
+            query: None,
             upstream: None,
             peer,
         };
@@ -219,13 +222,33 @@ async fn process(state: &Worker, peer: Option<IpAddr>, req: Request) -> Response
         .await;
     }
 
+    // Boxed: most services have no chain, and this path's extra state would otherwise widen every request's future.
+    Box::pin(process_with_policies(
+        state, &service, &host, &path, &method, peer, parts, body, query_args,
+    ))
+    .await
+}
+
+/// The request path of a service with a policy chain.
+#[allow(clippy::too_many_arguments)]
+async fn process_with_policies(
+    state: &Worker,
+    service: &Arc<Service>,
+    host: &str,
+    path: &str,
+    method: &Method,
+    peer: Option<IpAddr>,
+    mut parts: http::request::Parts,
+    body: Body,
+    query_args: Args,
+) -> Response {
     // The chain changes the request: run every policy's rewrite phase in order, then the rest, then let the
     // response-side policies see whatever answer came out (error answers included, as in APIcast).
     let steps = &service.policies.steps;
     let client_headers = parts.headers.clone();
     let vars = policies::Vars {
-        uri: &path,
-        host: &host,
+        uri: path,
+        host,
         remote_addr: peer,
         method: method.as_str(),
         service_id: &service.id,
@@ -233,7 +256,7 @@ async fn process(state: &Worker, peer: Option<IpAddr>, req: Request) -> Response
     };
     let mut request = policies::RequestState {
         method: method.clone(),
-        path: path.clone(),
+        path: path.to_owned(),
         path_rewritten: false,
         query: parts.uri.query().map(str::to_owned),
         headers: std::mem::take(&mut parts.headers),
@@ -245,7 +268,7 @@ async fn process(state: &Worker, peer: Option<IpAddr>, req: Request) -> Response
             parts.headers = request.headers;
             let target = RequestTarget {
                 path: request.path_rewritten.then_some(request.path.clone()),
-                query: request.query,
+                query: Some(request.query),
                 upstream: request.upstream,
                 peer,
             };
@@ -256,14 +279,9 @@ async fn process(state: &Worker, peer: Option<IpAddr>, req: Request) -> Response
                         path: seen.path,
                         headers: seen.headers,
                     };
-                    serve(state, &service, parts, body, "", args, Some(view), target).await
+                    serve(state, service, parts, body, "", args, Some(view), target).await
                 }
-                None => {
-                    serve(
-                        state, &service, parts, body, &path, query_args, None, target,
-                    )
-                    .await
-                }
+                None => serve(state, service, parts, body, path, query_args, None, target).await,
             }
         }
     };
@@ -275,7 +293,8 @@ async fn process(state: &Worker, peer: Option<IpAddr>, req: Request) -> Response
 struct RequestTarget {
     /// A path rewritten by `url_rewriting` (else the client's raw path is joined with `api_backend`'s).
     path: Option<String>,
-    query: Option<String>,
+    /// A query set by the chain (`Some(None)`: removed); `None` keeps the client's.
+    query: Option<Option<String>>,
     /// Chosen by the `upstream` policy.
     upstream: Option<url::Url>,
     /// The client's address, sent upstream as `X-Real-IP`.
@@ -369,7 +388,10 @@ async fn serve(
     let Some(request_target) = upstream_request_target(
         upstream_base,
         target.path.as_deref().unwrap_or(parts.uri.path()),
-        target.query.as_deref(),
+        match &target.query {
+            Some(set) => set.as_deref(),
+            None => parts.uri.query(),
+        },
     ) else {
         return empty(StatusCode::BAD_REQUEST);
     };
