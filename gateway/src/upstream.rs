@@ -283,7 +283,12 @@ impl Upstream {
         let empty = body.is_end_stream();
         let length = body.size_hint().exact();
         let chunked = !empty && length.is_none();
-        let mut head = Vec::with_capacity(256);
+        // Sized for the whole head, so it is written without growing (a bearer token alone is ~600 bytes).
+        let fields: usize = headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum();
+        let mut head = Vec::with_capacity(target.len() + fields + 64);
         head.extend_from_slice(method.as_str().as_bytes());
         head.push(b' ');
         head.extend_from_slice(target.as_bytes());
