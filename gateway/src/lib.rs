@@ -413,8 +413,8 @@ fn bind_shared(addr: SocketAddr, count: usize) -> anyhow::Result<Vec<std::net::T
     Ok(listeners)
 }
 
-/// A client has this long to send a request's head, keep-alive idle time included (slow-header attacks hold no
-/// connection longer).
+/// A connection that completes no request head for this long is closed, keep-alive idle time included (30–60 s
+/// after its last request; slow-header attacks hold no connection longer).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One proxy thread: accepts on its socket until shutdown.
