@@ -149,31 +149,9 @@ fn is_form(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Requests whose header section is larger than this get 431 (nginx's `large_client_header_buffers 4 8k`).
-pub const MAX_HEADER_BYTES: usize = 32 * 1024;
-/// Requests with more header fields than this get 431.
-pub const MAX_HEADER_COUNT: usize = 100;
-
-fn headers_too_large(headers: &HeaderMap) -> bool {
-    if headers.len() > MAX_HEADER_COUNT {
-        return true;
-    }
-    let mut total = 0;
-    for (name, value) in headers {
-        total += name.as_str().len() + value.len() + 4;
-        if total > MAX_HEADER_BYTES {
-            return true;
-        }
-    }
-    false
-}
-
 async fn process(state: &Worker, peer: Option<IpAddr>, req: Request) -> Response {
     if req.uri().path() == "/_threescale/healthz" {
         return empty(StatusCode::OK);
-    }
-    if headers_too_large(req.headers()) {
-        return empty(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     }
     let host = request_host(&req);
     let Some(config) = state.store.get() else {

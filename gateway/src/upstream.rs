@@ -293,17 +293,11 @@ impl Upstream {
         head.push(b' ');
         head.extend_from_slice(target.as_bytes());
         head.extend_from_slice(b" HTTP/1.1\r\n");
-        let mut framing_given = false;
-        for (name, value) in headers {
-            if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
-                framing_given = true;
-                continue;
-            }
-            head.extend_from_slice(name.as_str().as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
-            head.extend_from_slice(b"\r\n");
-        }
+        let framing_given =
+            headers.contains_key(CONTENT_LENGTH) || headers.contains_key(TRANSFER_ENCODING);
+        codec::write_headers(&mut head, headers, |name| {
+            name == CONTENT_LENGTH || name == TRANSFER_ENCODING
+        });
         if chunked {
             head.extend_from_slice(b"transfer-encoding: chunked\r\n");
         } else if !empty || framing_given {

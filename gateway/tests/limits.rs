@@ -14,6 +14,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod support;
+
 const LIMIT: i64 = 5;
 
 /// Usage counted per user_key, with the number of authreps seen.
@@ -120,17 +122,7 @@ async fn the_call_after_the_limit_gets_429_from_the_cache_and_no_usage_is_lost()
             .clone()
             .run(Duration::from_secs(3600), platform::Shutdown::new()),
     );
-    let gw = {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(gateway::serve_proxy_on(
-            listener,
-            state.clone(),
-            platform::Shutdown::new(),
-            Duration::from_secs(1),
-        ));
-        addr
-    };
+    let gw = support::serve_gateway(state.clone()).await;
     let http = reqwest::Client::new();
     let call = |key: &'static str| {
         let http = http.clone();

@@ -434,9 +434,12 @@ pub fn invalid(reason: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, reason)
 }
 
-/// Appends `name: value` lines for every header.
-pub fn write_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
+/// Appends `name: value` lines for every header but those `skip` names (the framing the writer decides itself).
+pub fn write_headers(out: &mut Vec<u8>, headers: &HeaderMap, skip: impl Fn(&HeaderName) -> bool) {
     for (name, value) in headers {
+        if skip(name) {
+            continue;
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());

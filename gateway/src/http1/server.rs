@@ -323,16 +323,9 @@ async fn write_response<S: AsyncWrite + Unpin>(
         || parts.status == StatusCode::NOT_MODIFIED;
     out.clear();
     status_line(out, parts.status);
-    for (name, value) in &parts.headers {
-        if name == CONNECTION || (!no_body && (name == CONTENT_LENGTH || name == TRANSFER_ENCODING))
-        {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    codec::write_headers(out, &parts.headers, |name| {
+        name == CONNECTION || (!no_body && (name == CONTENT_LENGTH || name == TRANSFER_ENCODING))
+    });
     let length = body.size_hint().exact();
     let mut chunked = false;
     if !no_body {
